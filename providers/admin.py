@@ -1,0 +1,135 @@
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
+
+from providers import services
+from providers.forms import ProviderConfigAdminForm
+from providers.models import TASK_FLAGS, ProviderConfig, Task
+
+
+@admin.register(ProviderConfig)
+class ProviderConfigAdmin(admin.ModelAdmin):
+    form = ProviderConfigAdminForm
+    change_form_template = "admin/providers/providerconfig/change_form.html"
+    list_display = [
+        "display_name",
+        "provider_type",
+        "model_name",
+        "task_list",
+        "is_active",
+        "masked_key",
+        "last_test",
+        "priority",
+        "weight",
+    ]
+    list_filter = ["provider_type", "is_active", "last_test_ok", *TASK_FLAGS.values()]
+    search_fields = ["display_name", "model_name"]
+    list_select_related = ["updated_by"]
+    actions = ["test_credentials", "activate", "deactivate"]
+    readonly_fields = [
+        "masked_key",
+        "key_updated_at",
+        "created_at",
+        "created_by",
+        "updated_at",
+        "updated_by",
+        "last_tested_at",
+        "last_test_ok",
+        "last_test_error",
+    ]
+    fieldsets = [
+        (None, {"fields": ["provider_type", "display_name", "model_name", "new_api_key", "base_url", "is_active"]}),
+        ("Tasks served", {"fields": list(TASK_FLAGS.values())}),
+        ("Routing", {"fields": ["priority", "weight", "request_timeout_seconds"]}),
+        ("Limits and prices", {"fields": ["daily_token_limit", "monthly_token_limit",
+                                          "input_price_per_million", "output_price_per_million"]}),
+        ("Bookkeeping", {"classes": ["collapse"], "fields": readonly_fields}),
+    ]
+
+    @admin.display(description="tasks")
+    def task_list(self, config: ProviderConfig) -> str:
+        return ", ".join(str(Task(task).label) for task in config.tasks) or "—"
+
+    @admin.display(description="API key")
+    def masked_key(self, config: ProviderConfig) -> str:
+        return config.masked_key
+
+    @admin.display(description="last test")
+    def last_test(self, config: ProviderConfig) -> str:
+        if config.last_test_ok is None:
+            return "never"
+        return "ok" if config.last_test_ok else f"failed: {config.last_test_error}"
+
+    def save_model(self, request, obj, form, change):
+        rotated = change and bool(form.cleaned_data.get("new_api_key")) and "new_api_key" in form.changed_data
+        if not change:
+            obj.created_by = request.user
+        obj.updated_by = request.user
+        super().save_model(request, obj, form, change)
+        if rotated:
+            services.audit_log(user=request.user, config=obj, action_flag=CHANGE, message="Rotated the API key.")
+
+    # Actions -------------------------------------------------------------------------------------------------
+
+    @admin.action(description="Test credentials")
+    def test_credentials(self, request, queryset):
+        for config in queryset:
+            result = services.provider_config_test(config=config, user=request.user)
+            level = messages.SUCCESS if result.ok else messages.ERROR
+            self.message_user(request, f"{config}: {result.summary} — {result.message}", level)
+
+    @admin.action(description="Activate")
+    def activate(self, request, queryset):
+        changed = services.provider_configs_set_active(configs=queryset, user=request.user, active=True)
+        self.message_user(request, f"Activated {changed} configuration(s).", messages.SUCCESS)
+
+    @admin.action(description="Deactivate")
+    def deactivate(self, request, queryset):
+        changed = services.provider_configs_set_active(configs=queryset, user=request.user, active=False)
+        self.message_user(request, f"Deactivated {changed} configuration(s).", messages.SUCCESS)
+
+    # Test before saving -----------------------------------------------------------------------------------
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(require_POST(self.test_form_view))
+        return [
+            path("test-credentials/", view, name="providers_providerconfig_test_new"),
+            path("<int:pk>/test-credentials/", view, name="providers_providerconfig_test_existing"),
+            *super().get_urls(),
+        ]
+
+    def test_form_view(self, request, pk: int | None = None):
+        """Test what is typed into the form, without saving anything. Answers JSON for the form's script."""
+        instance = get_object_or_404(ProviderConfig, pk=pk) if pk else None
+        if not self.has_change_permission(request, instance) and not self.has_add_permission(request):
+            return JsonResponse({"ok": False, "message": "Permission denied."}, status=403)
+        form = ProviderConfigAdminForm(request.POST, instance=instance)
+        # Uniqueness of the name is a question for "Save", not for a credential test.
+        form.fields["display_name"].required = False
+        if not form.is_valid():
+            errors = {k: v for k, v in form.errors.get_json_data().items() if k != "display_name"}
+            if errors:
+                return JsonResponse({"ok": False, "message": "Fix the form first.", "errors": errors}, status=400)
+        data = form.cleaned_data
+        result = services.provider_settings_test(
+            user=request.user,
+            provider_type=data["provider_type"],
+            model_name=data["model_name"],
+            api_key=form.api_key_for_test(),
+            base_url=data.get("base_url", ""),
+            timeout=float(data.get("request_timeout_seconds") or 30),
+            display_name=data.get("display_name") or (str(instance) if instance else ""),
+        )
+        return JsonResponse(result.as_dict())
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        name = "providers_providerconfig_test_existing" if obj is not None and obj.pk else "providers_providerconfig_test_new"
+        args = [obj.pk] if obj is not None and obj.pk else []
+        context["test_credentials_url"] = reverse(f"admin:{name}", args=args, current_app=self.admin_site.name)
+        return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
+
+    class Media:
+        js = ["providers/test_credentials.js"]

@@ -1,0 +1,93 @@
+from rest_framework import serializers
+
+from providers.models import ProviderConfig
+
+WRITABLE_FIELDS = [
+    "provider_type",
+    "display_name",
+    "model_name",
+    "api_key",
+    "base_url",
+    "is_active",
+    "default_for_extraction",
+    "default_for_image_validation",
+    "default_for_cv_drafting",
+    "default_for_cover_letter",
+    "priority",
+    "weight",
+    "daily_token_limit",
+    "monthly_token_limit",
+    "input_price_per_million",
+    "output_price_per_million",
+    "request_timeout_seconds",
+]
+
+
+class RejectUnknownFieldsMixin:
+    """A misspelt field must be an error, not silently ignored (`is_activ: false` would leave it active)."""
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().validate(attrs)
+
+
+class ProviderConfigInputSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+    # Write-only. On update an omitted or empty key keeps the stored one.
+    api_key = serializers.CharField(write_only=True, max_length=500, trim_whitespace=True)
+
+    class Meta:
+        model = ProviderConfig
+        fields = WRITABLE_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None:
+            self.fields["api_key"].required = False
+            self.fields["api_key"].allow_blank = True
+
+    def validate_model_name(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+
+class ProviderSettingsTestSerializer(ProviderConfigInputSerializer):
+    """The create body, for testing before saving: the name need not be unique, nothing is stored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["display_name"].validators = []
+        self.fields["display_name"].required = False
+
+
+class ProviderConfigOutputSerializer(serializers.ModelSerializer):
+    api_key_masked = serializers.CharField(source="masked_key", read_only=True)
+    tasks = serializers.ListField(child=serializers.CharField(), read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    updated_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ProviderConfig
+        fields = ["id", *[name for name in WRITABLE_FIELDS if name != "api_key"]] + [
+            "api_key_masked",
+            "tasks",
+            "key_updated_at",
+            "created_at",
+            "created_by",
+            "updated_at",
+            "updated_by",
+            "last_tested_at",
+            "last_test_ok",
+            "last_test_error",
+        ]
+        read_only_fields = fields
+
+
+class CredentialTestResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error_type = serializers.CharField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
+    model = serializers.CharField(allow_null=True)

@@ -1,0 +1,170 @@
+"""Workflows on provider configurations: create, update, delete, test, rotate — each one audited.
+
+Every change writes a Django admin `LogEntry` naming the user, the config and the fields changed. No key, masked
+or not, goes into a log entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+
+from providers.clients import get_client
+from providers.clients.base import Endpoint, ProviderError, ProviderType
+from providers.fields import DecryptionError
+from providers.models import ProviderConfig
+
+logger = logging.getLogger(__name__)
+
+KEY_FIELD = "api_key"
+
+
+@dataclass(frozen=True)
+class CredentialTestResult:
+    ok: bool
+    error_type: str | None = None
+    message: str = ""
+    model: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "error_type": self.error_type, "message": self.message, "model": self.model}
+
+    @property
+    def summary(self) -> str:
+        return "ok" if self.ok else f"failed ({self.error_type})"
+
+
+def _field_label(name: str) -> str:
+    return str(ProviderConfig._meta.get_field(name).verbose_name)
+
+
+def audit_log(*, user, config: ProviderConfig | None, action_flag: int, message: str | list, repr_: str = "") -> None:
+    """Write one LogEntry. `config` may be unsaved (a test before saving) or already deleted (repr_ given)."""
+    content_type = ContentType.objects.get_for_model(ProviderConfig)
+    if isinstance(message, list):
+        message = json.dumps(message)
+    LogEntry.objects.create(
+        user_id=user.pk,
+        content_type_id=content_type.pk,
+        object_id=str(config.pk) if config is not None and config.pk else None,
+        object_repr=(repr_ or str(config))[:200],
+        action_flag=action_flag,
+        change_message=message,
+    )
+
+
+def provider_credentials_check(*, endpoint: Endpoint, api_key: str) -> CredentialTestResult:
+    """Ask the provider for the configured model: proves the key and the model without spending tokens."""
+    try:
+        model = get_client(endpoint.provider_type).check_credentials(endpoint, api_key=api_key)
+    except ProviderError as error:
+        return CredentialTestResult(ok=False, error_type=str(error.error_type), message=error.message)
+    return CredentialTestResult(ok=True, message=f"The key works and {model} is available.", model=model)
+
+
+@transaction.atomic
+def provider_config_create(*, user, data: dict[str, Any]) -> ProviderConfig:
+    data = dict(data)
+    api_key = data.pop(KEY_FIELD)
+    config = ProviderConfig(**data, created_by=user, updated_by=user)
+    config.set_api_key(api_key)
+    config.full_clean()
+    config.save()
+    audit_log(user=user, config=config, action_flag=ADDITION, message=[{"added": {}}])
+    return config
+
+
+@transaction.atomic
+def provider_config_update(*, config: ProviderConfig, user, data: dict[str, Any]) -> ProviderConfig:
+    """Apply changed fields. An omitted or empty key keeps the stored one; a new key is a rotation."""
+    data = dict(data)
+    new_key = data.pop(KEY_FIELD, None) or None
+    changed = [name for name, value in data.items() if getattr(config, name) != value]
+    for name in changed:
+        setattr(config, name, data[name])
+    rotated = new_key is not None and not _same_key(config, new_key)
+    if rotated:
+        config.set_api_key(new_key)
+    if not changed and not rotated:
+        return config
+    config.updated_by = user
+    config.full_clean()
+    config.save()
+    labels = [_field_label(name) for name in changed]
+    if rotated:
+        labels.append(_field_label(KEY_FIELD))
+    audit_log(user=user, config=config, action_flag=CHANGE, message=[{"changed": {"fields": labels}}])
+    if rotated:
+        audit_log(user=user, config=config, action_flag=CHANGE, message="Rotated the API key.")
+    return config
+
+
+def _same_key(config: ProviderConfig, candidate: str) -> bool:
+    try:
+        return config.reveal_api_key() == candidate
+    except DecryptionError:
+        # A key no configured encryption key can read is being replaced: that is the fix, let it through.
+        return False
+
+
+def provider_config_rotate_key(*, config: ProviderConfig, user, api_key: str) -> ProviderConfig:
+    return provider_config_update(config=config, user=user, data={KEY_FIELD: api_key})
+
+
+@transaction.atomic
+def provider_config_delete(*, config: ProviderConfig, user) -> None:
+    repr_ = str(config)
+    pk = config.pk
+    config.delete()
+    config.pk = pk
+    audit_log(user=user, config=config, action_flag=DELETION, message="Deleted.", repr_=repr_)
+
+
+def provider_config_test(*, config: ProviderConfig, user) -> CredentialTestResult:
+    """Test a saved config's credentials, record the result on it and in the audit log."""
+    result = provider_credentials_check(endpoint=config.endpoint(), api_key=config.reveal_api_key())
+    config.record_test(ok=result.ok, error="" if result.ok else f"{result.error_type}: {result.message}")
+    audit_log(user=user, config=config, action_flag=CHANGE, message=f"Tested credentials: {result.summary}.")
+    logger.info("credential test config=%s result=%s", config.pk, result.summary)
+    return result
+
+
+def provider_settings_test(
+    *, user, provider_type: str, model_name: str, api_key: str, base_url: str = "", timeout: float = 30.0,
+    display_name: str = "",
+) -> CredentialTestResult:
+    """Test credentials that are not saved (the "test before saving" flow); audited, nothing stored."""
+    endpoint = Endpoint(
+        provider_type=ProviderType(provider_type), model=model_name, base_url=base_url or None, timeout=timeout
+    )
+    result = provider_credentials_check(endpoint=endpoint, api_key=api_key)
+    label = display_name or f"{provider_type} {model_name}"
+    audit_log(
+        user=user,
+        config=None,
+        action_flag=CHANGE,
+        message=f"Tested unsaved credentials: {result.summary}.",
+        repr_=f"{label} (unsaved)",
+    )
+    logger.info("credential test unsaved provider=%s result=%s", provider_type, result.summary)
+    return result
+
+
+@transaction.atomic
+def provider_configs_set_active(*, configs, user, active: bool) -> int:
+    """Activate or deactivate configs; returns how many changed. One audit entry per changed config."""
+    to_change = list(configs.exclude(is_active=active))
+    for config in to_change:
+        config.is_active = active
+        config.updated_by = user
+        config.save(update_fields=["is_active", "updated_by", "updated_at"])
+        audit_log(
+            user=user, config=config, action_flag=CHANGE, message=[{"changed": {"fields": [_field_label("is_active")]}}]
+        )
+    return len(to_change)

@@ -1,0 +1,22 @@
+import os
+
+import django
+import pytest
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aditus.settings")
+# The fixture modules below import models, so Django must be set up before pytest-django would do it.
+django.setup()
+
+from tests.auth_fixtures import *  # noqa: E402,F403
+from tests.fake_fixtures import *  # noqa: E402,F403
+
+
+@pytest.fixture(autouse=True)
+def _fast_isolated_settings(settings):
+    """Cheap password hashing and an empty cache (throttle counters) for every test."""
+    from django.core.cache import cache
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.clear()
+    yield
+    cache.clear()
