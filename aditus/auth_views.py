@@ -29,9 +29,7 @@ class TokenObtainView(APIView):
             r"^\d{6,8}$",
             required=False,
             allow_blank=True,
-            error_messages={
-                "invalid": "otp_token must be the 6 to 8 digit code shown by your authenticator app."
-            },
+            error_messages={"invalid": "otp_token must be the 6 to 8 digit code shown by your authenticator app."},
         )
 
     class OutputSerializer(serializers.Serializer):
@@ -45,9 +43,7 @@ class TokenObtainView(APIView):
         try:
             token, secret = api_token_obtain(**serializer.validated_data, request=request._request)
         except ApiTokenRefused as refusal:
-            return Response(
-                {"detail": str(refusal), "code": refusal.code}, status=status.HTTP_400_BAD_REQUEST
-            )
+            return Response({"detail": str(refusal), "code": refusal.code}, status=status.HTTP_400_BAD_REQUEST)
         output = self.OutputSerializer(
             {"token": secret, "expires_at": token.expires_at, "mfa_verified": token.is_mfa_verified}
         )

@@ -50,9 +50,7 @@ def api_token_issue(*, user: AbstractBaseUser, otp_device: TOTPDevice | None) ->
         created_at=now,
         expires_at=now + settings.API_TOKEN_TTL,
     )
-    logger.info(
-        "Issued API token %s… to user %s (mfa_verified=%s)", token.prefix, user.pk, token.is_mfa_verified
-    )
+    logger.info("Issued API token #%s to user %s (mfa_verified=%s)", token.pk, user.pk, token.is_mfa_verified)
     return token, secret
 
 
@@ -60,7 +58,7 @@ def api_token_revoke(*, token: ApiToken) -> bool:
     """Revoke `token`; return False if it was already revoked."""
     revoked = token.revoke()
     if revoked:
-        logger.info("Revoked API token %s… of user %s", token.prefix, token.user_id)
+        logger.info("Revoked API token #%s of user %s", token.pk, token.user_id)
     return revoked
 
 

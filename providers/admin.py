@@ -41,11 +41,32 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         "last_test_error",
     ]
     fieldsets = [
-        (None, {"fields": ["provider_type", "display_name", "model_name", "new_api_key", "base_url", "is_active"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "provider_type",
+                    "display_name",
+                    "model_name",
+                    "new_api_key",
+                    "base_url",
+                    "is_active",
+                ]
+            },
+        ),
         ("Tasks served", {"fields": list(TASK_FLAGS.values())}),
         ("Routing", {"fields": ["priority", "weight", "request_timeout_seconds"]}),
-        ("Limits and prices", {"fields": ["daily_token_limit", "monthly_token_limit",
-                                          "input_price_per_million", "output_price_per_million"]}),
+        (
+            "Limits and prices",
+            {
+                "fields": [
+                    "daily_token_limit",
+                    "monthly_token_limit",
+                    "input_price_per_million",
+                    "output_price_per_million",
+                ]
+            },
+        ),
         ("Bookkeeping", {"classes": ["collapse"], "fields": readonly_fields}),
     ]
 
@@ -126,7 +147,11 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         return JsonResponse(result.as_dict())
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        name = "providers_providerconfig_test_existing" if obj is not None and obj.pk else "providers_providerconfig_test_new"
+        name = (
+            "providers_providerconfig_test_existing"
+            if obj is not None and obj.pk
+            else "providers_providerconfig_test_new"
+        )
         args = [obj.pk] if obj is not None and obj.pk else []
         context["test_credentials_url"] = reverse(f"admin:{name}", args=args, current_app=self.admin_site.name)
         return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)

@@ -1,6 +1,7 @@
 from django import forms
 
 from providers.models import ProviderConfig
+from providers.serializers import WRITABLE_FIELDS
 
 
 class ProviderConfigAdminForm(forms.ModelForm):
@@ -17,7 +18,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
 
     class Meta:
         model = ProviderConfig
-        fields = "__all__"
+        fields = [name for name in WRITABLE_FIELDS if name != "api_key"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -25,9 +26,7 @@ class ProviderConfigAdminForm(forms.ModelForm):
             self.fields["new_api_key"].required = True
             self.fields["new_api_key"].help_text = "Stored encrypted; never shown again."
         else:
-            self.fields["new_api_key"].help_text = (
-                f"Current key: {self.instance.masked_key}. Leave empty to keep it."
-            )
+            self.fields["new_api_key"].help_text = f"Current key: {self.instance.masked_key}. Leave empty to keep it."
 
     def save(self, commit=True):
         config = super().save(commit=False)

@@ -47,7 +47,7 @@ class ProviderConfig(models.Model):
     provider_type = models.CharField(max_length=16, choices=[(t.value, t.name.title()) for t in ProviderType])
     display_name = models.CharField(max_length=100, unique=True)
     model_name = models.CharField(max_length=200)
-    api_key = EncryptedTextField(help_text="Stored encrypted; never shown again after saving.")
+    api_key = EncryptedTextField("API key", help_text="Stored encrypted; never shown again after saving.")
     base_url = models.URLField(
         max_length=500,
         blank=True,

@@ -136,12 +136,21 @@ def provider_config_test(*, config: ProviderConfig, user) -> CredentialTestResul
 
 
 def provider_settings_test(
-    *, user, provider_type: str, model_name: str, api_key: str, base_url: str = "", timeout: float = 30.0,
+    *,
+    user,
+    provider_type: str,
+    model_name: str,
+    api_key: str,
+    base_url: str = "",
+    timeout: float = 30.0,
     display_name: str = "",
 ) -> CredentialTestResult:
     """Test credentials that are not saved (the "test before saving" flow); audited, nothing stored."""
     endpoint = Endpoint(
-        provider_type=ProviderType(provider_type), model=model_name, base_url=base_url or None, timeout=timeout
+        provider_type=ProviderType(provider_type),
+        model=model_name,
+        base_url=base_url or None,
+        timeout=timeout,
     )
     result = provider_credentials_check(endpoint=endpoint, api_key=api_key)
     label = display_name or f"{provider_type} {model_name}"
@@ -165,6 +174,9 @@ def provider_configs_set_active(*, configs, user, active: bool) -> int:
         config.updated_by = user
         config.save(update_fields=["is_active", "updated_by", "updated_at"])
         audit_log(
-            user=user, config=config, action_flag=CHANGE, message=[{"changed": {"fields": [_field_label("is_active")]}}]
+            user=user,
+            config=config,
+            action_flag=CHANGE,
+            message=[{"changed": {"fields": [_field_label("is_active")]}}],
         )
     return len(to_change)

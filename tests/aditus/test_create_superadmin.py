@@ -40,9 +40,7 @@ def answers(monkeypatch):
 def test_it_creates_a_superadmin_with_a_confirmed_device_from_a_password_in_the_environment(monkeypatch):
     monkeypatch.setenv("ADITUS_TEST_PASSWORD", NEW_PASSWORD)
 
-    output = run(
-        "--username", "root", "--email", "Root@Example.COM", "--password-env", "ADITUS_TEST_PASSWORD"
-    )
+    output = run("--username", "root", "--email", "Root@Example.COM", "--password-env", "ADITUS_TEST_PASSWORD")
 
     user = get_user_model().objects.get(username="root")
     assert user.is_superuser and user.is_staff and user.is_active
@@ -149,9 +147,7 @@ def test_update_makes_an_ordinary_user_a_superadmin(monkeypatch, ordinary_user):
 def test_a_demo_can_fix_the_totp_secret(monkeypatch):
     monkeypatch.setenv("ADITUS_TEST_PASSWORD", NEW_PASSWORD)
 
-    output = run(
-        "--username", "demo", "--password-env", "ADITUS_TEST_PASSWORD", "--totp-secret-hex", DEMO_KEY
-    )
+    output = run("--username", "demo", "--password-env", "ADITUS_TEST_PASSWORD", "--totp-secret-hex", DEMO_KEY)
 
     device = TOTPDevice.objects.get(user__username="demo")
     assert device.key == DEMO_KEY

@@ -81,9 +81,7 @@ def test_it_stores_only_a_hash_and_a_short_prefix_of_the_token(api_client, ordin
     assert not any(secret in str(value) for value in rows[0])
 
 
-def test_it_issues_a_verified_token_to_a_superadmin_with_a_valid_code(
-    api_client, superadmin, superadmin_device
-):
+def test_it_issues_a_verified_token_to_a_superadmin_with_a_valid_code(api_client, superadmin, superadmin_device):
     response = request_token(api_client, "ada", otp_token=totp_code(superadmin_device))
 
     assert response.status_code == 201, response.json()
@@ -255,9 +253,7 @@ def test_a_token_of_a_user_disabled_later_stops_working(api_client, ordinary_use
 
 def test_it_throttles_token_requests(api_client, ordinary_user, monkeypatch):
     # DRF copies the rates into the throttle class at import, so override_settings cannot reach them.
-    monkeypatch.setattr(
-        ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "3/min"}
-    )
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "3/min"})
     for _ in range(3):
         assert request_token(api_client, "olivia", password="not-the-password").status_code == 400
 
@@ -291,9 +287,7 @@ def test_it_records_a_use_at_most_once_a_minute(api_client, ordinary_user_token)
 def test_neither_the_token_nor_the_password_reaches_the_logs(api_client, superadmin_device, caplog):
     caplog.set_level(logging.DEBUG)
 
-    request_token(
-        api_client, "ada", password="not-the-password", otp_token=wrong_totp_code(superadmin_device)
-    )
+    request_token(api_client, "ada", password="not-the-password", otp_token=wrong_totp_code(superadmin_device))
     secret = request_token(api_client, "ada", otp_token=totp_code(superadmin_device)).json()["token"]
     api_client.get(WHOAMI_URL, **bearer(secret))
     api_client.post(LOGOUT_URL, **bearer(secret))

@@ -66,7 +66,9 @@ def test_the_list_shows_masked_keys_tasks_and_test_results(superadmin_session_cl
 
 def test_the_list_filters_and_searches(superadmin_session_client, config):
     assert "Existing" in superadmin_session_client.get(CHANGELIST, {"q": "Existing"}).content.decode()
-    assert "Existing" not in superadmin_session_client.get(CHANGELIST, {"provider_type__exact": "openai"}).content.decode()
+    assert (
+        "Existing" not in superadmin_session_client.get(CHANGELIST, {"provider_type__exact": "openai"}).content.decode()
+    )
 
 
 def test_adding_a_config_encrypts_the_key_and_audits_it(superadmin_session_client, fake_providers, superadmin):
@@ -92,18 +94,21 @@ def test_the_change_form_never_renders_the_key(superadmin_session_client, config
     assert "Leave empty to keep it" in page and "Test credentials" in page
 
 
-def test_changing_with_an_empty_key_keeps_it_and_a_new_key_is_a_rotation(superadmin_session_client, config,
-                                                                          fake_providers):
+def test_changing_with_an_empty_key_keeps_it_and_a_new_key_is_a_rotation(
+    superadmin_session_client, config, fake_providers
+):
     url = f"{CHANGELIST}{config.pk}/change/"
-    kept = superadmin_session_client.post(url, form_data(fake_providers, display_name="Existing", new_api_key="",
-                                                         model_name="gemini-2.5-pro"))
+    kept = superadmin_session_client.post(
+        url, form_data(fake_providers, display_name="Existing", new_api_key="", model_name="gemini-2.5-pro")
+    )
     assert kept.status_code == 302
     config.refresh_from_db()
     assert config.model_name == "gemini-2.5-pro" and config.reveal_api_key() == KEY
 
     new_key = "AIzaSyZ-rotated-in-the-admin-0000-p0p0"
-    rotated = superadmin_session_client.post(url, form_data(fake_providers, display_name="Existing",
-                                                            new_api_key=new_key))
+    rotated = superadmin_session_client.post(
+        url, form_data(fake_providers, display_name="Existing", new_api_key=new_key)
+    )
     assert rotated.status_code == 302
     config.refresh_from_db()
     assert config.reveal_api_key() == new_key
@@ -113,8 +118,9 @@ def test_changing_with_an_empty_key_keeps_it_and_a_new_key_is_a_rotation(superad
 
 
 def test_the_test_action_reports_each_result(superadmin_session_client, config):
-    bad = ProviderConfig(provider_type="gemini", display_name="Broken", model_name="gemini-2.5-flash",
-                         base_url=config.base_url)
+    bad = ProviderConfig(
+        provider_type="gemini", display_name="Broken", model_name="gemini-2.5-flash", base_url=config.base_url
+    )
     bad.set_api_key("AIza-revoked-0000000000000")
     bad.save()
     response = superadmin_session_client.post(
@@ -152,10 +158,12 @@ def test_the_form_tests_typed_credentials_without_saving(superadmin_session_clie
     assert failing.json() == {**failing.json(), "ok": False, "error_type": "authentication"}
 
 
-def test_the_change_form_tests_with_the_stored_key_when_none_is_typed(superadmin_session_client, config,
-                                                                     fake_providers):
+def test_the_change_form_tests_with_the_stored_key_when_none_is_typed(
+    superadmin_session_client, config, fake_providers
+):
     response = superadmin_session_client.post(
-        f"{CHANGELIST}{config.pk}/test-credentials/", form_data(fake_providers, new_api_key="", display_name="Existing")
+        f"{CHANGELIST}{config.pk}/test-credentials/",
+        form_data(fake_providers, new_api_key="", display_name="Existing"),
     )
     assert response.json()["ok"] is True
     config.refresh_from_db()

@@ -82,9 +82,7 @@ class Command(BaseCommand):
             )
 
         if created:
-            self.stdout.write(
-                self.style.SUCCESS(f"Created super-admin {username!r} with a confirmed TOTP device.")
-            )
+            self.stdout.write(self.style.SUCCESS(f"Created super-admin {username!r} with a confirmed TOTP device."))
         else:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -93,9 +91,7 @@ class Command(BaseCommand):
                 )
             )
         if key:
-            self.stdout.write(
-                self.style.WARNING("The TOTP key was given with --totp-secret-hex: demo use only.")
-            )
+            self.stdout.write(self.style.WARNING("The TOTP key was given with --totp-secret-hex: demo use only."))
         self._print_enrolment(device.config_url)
 
     def _totp_key(self, value: str | None) -> str | None:
