@@ -284,17 +284,13 @@ class ProviderClient(Protocol):
 
     def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult: ...
 
-    async def agenerate(
-        self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str
-    ) -> GenerateResult: ...
+    async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult: ...
 
     def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
         """Return the stream without sending anything yet; see `ProviderStream`."""
         ...
 
-    def astream(
-        self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str
-    ) -> AsyncProviderStream: ...
+    def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream: ...
 
     def check_credentials(self, endpoint: Endpoint, *, api_key: str) -> str:
         """Retrieve the configured model without spending tokens; return the model id the provider knows."""

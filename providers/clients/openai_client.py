@@ -1,0 +1,312 @@
+"""OpenAI through the official `openai` SDK (Chat Completions).
+
+A light `OpenAI` / `AsyncOpenAI` object is built for each call (~50 µs) on the shared connection pool, so
+the key lives only as long as the call; the SDK's retries are off.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncGenerator, Generator, Mapping
+from typing import Any
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from .base import (
+    DONE,
+    AsyncProviderStream,
+    AuthenticationError,
+    BadRequestError,
+    Endpoint,
+    GenerateRequest,
+    GenerateResult,
+    MalformedResponseError,
+    ProviderError,
+    ProviderStream,
+    ProviderTimeoutError,
+    ProviderType,
+    ProviderUnavailableError,
+    RateLimitedError,
+    StreamEnd,
+    StreamEvent,
+    StreamState,
+    TextDelta,
+    TokenUsage,
+    acall_mapped,
+    anext_mapped,
+    call_mapped,
+    connection_error,
+    error_class_for_status,
+    next_mapped,
+    parse_retry_after,
+    provider_error,
+    require_key,
+)
+from .pool import HttpPool
+
+NAME = "OpenAI"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def build_params(endpoint: Endpoint, request: GenerateRequest) -> dict[str, Any]:
+    """The `chat.completions.create` arguments for `request` (without streaming options)."""
+    content: str | list[dict[str, Any]] = request.user_text
+    if request.image is not None:
+        data = base64.b64encode(request.image.data).decode("ascii")
+        content = [
+            {"type": "text", "text": request.user_text},
+            {"type": "image_url", "image_url": {"url": f"data:{request.image.mime_type};base64,{data}"}},
+        ]
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": content})
+    # `max_completion_tokens`, not the deprecated `max_tokens` that reasoning models refuse.
+    params: dict[str, Any] = {
+        "model": endpoint.model,
+        "messages": messages,
+        "max_completion_tokens": request.max_output_tokens,
+    }
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.json_schema is not None:
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
+        }
+    return params
+
+
+def usage_from_raw(raw: Mapping[str, Any]) -> TokenUsage:
+    """Normalise OpenAI's usage object: `prompt_tokens` already holds the cached tokens and
+    `completion_tokens` the reasoning tokens."""
+    try:
+        prompt = raw.get("prompt_tokens_details") or {}
+        completion = raw.get("completion_tokens_details") or {}
+        return TokenUsage(
+            input_tokens=int(raw["prompt_tokens"]),
+            output_tokens=int(raw["completion_tokens"]),
+            cached_input_tokens=int(prompt.get("cached_tokens") or 0),
+            cache_write_tokens=int(prompt.get("cache_write_tokens") or 0),
+            reasoning_tokens=int(completion.get("reasoning_tokens") or 0),
+            raw=dict(raw),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponseError(f"{NAME}: usage without token counts ({type(exc).__name__})") from None
+
+
+def check_json(text: str, request: GenerateRequest) -> None:
+    if request.json_schema is None:
+        return
+    try:
+        json.loads(text)
+    except ValueError:
+        raise MalformedResponseError(f"{NAME}: structured output is not valid JSON") from None
+
+
+def result_from_completion(completion: Any, request: GenerateRequest) -> GenerateResult:
+    if not isinstance(completion, ChatCompletion):
+        raise MalformedResponseError(f"{NAME}: the response body is not a chat completion")
+    try:
+        choice = completion.choices[0]
+        message = choice.message
+        text = message.content
+        finish_reason = choice.finish_reason
+        if text is None:
+            # A refusal comes instead of content (with structured outputs, instead of the JSON).
+            text, finish_reason = "", "refusal" if message.refusal else finish_reason
+        if completion.usage is None:
+            raise MalformedResponseError(f"{NAME}: the response has no usage")
+        result = GenerateResult(
+            text=str(text),
+            model=str(completion.model),
+            finish_reason=finish_reason,
+            usage=usage_from_raw(completion.usage.to_dict()),
+        )
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise MalformedResponseError(f"{NAME}: incomplete chat completion ({type(exc).__name__})") from None
+    check_json(result.text, request)
+    return result
+
+
+def _body_error(body: object) -> tuple[str, str]:
+    """The provider's error type (or code) and message from an error body."""
+    if isinstance(body, Mapping):
+        kind = body.get("code") or body.get("type") or ""
+        return str(kind), str(body.get("message") or "")
+    return "", ""
+
+
+def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> ProviderError | None:
+    """Turn an SDK or transport exception into a `ProviderError`; None for anything else (a bug: re-raise)."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        kind, message = _body_error(exc.body)
+        error_class = error_class_for_status(status)
+        if error_class is AuthenticationError:
+            # OpenAI's 401 text echoes a masked piece of the key: keep only its code.
+            message = "the API key was refused"
+        return provider_error(
+            NAME,
+            error_class,
+            status=status,
+            detail=f"{kind}: {message}" if kind else message,
+            api_key=api_key,
+            retry_after=parse_retry_after(exc.response.headers) if status == 429 else None,
+        )
+    if isinstance(exc, openai.APIResponseValidationError):
+        return provider_error(NAME, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+        return provider_error(NAME, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
+        return connection_error(NAME, exc, midstream=midstream)
+    if isinstance(exc, openai.APIError):
+        # An error event inside a 200 stream: no status, the body says what went wrong.
+        kind, message = _body_error(exc.body)
+        error_class = RateLimitedError if "rate_limit" in kind else ProviderUnavailableError
+        if kind == "invalid_request_error":
+            error_class = BadRequestError
+        return provider_error(NAME, error_class, status=None, detail=f"{kind}: {message}", api_key=api_key)
+    if isinstance(exc, (ValueError, httpx2.DecodingError)):
+        # Bodies that are not JSON (json.JSONDecodeError) or not the expected shape (pydantic's errors).
+        detail = f"unreadable response ({type(exc).__name__})"
+        return provider_error(NAME, MalformedResponseError, status=None, detail=detail, api_key=api_key)
+    return None
+
+
+class OpenAIClient:
+    provider_type = ProviderType.OPENAI
+
+    def __init__(self, pool: HttpPool | None = None):
+        self.pool = pool or HttpPool()
+
+    def _options(self, endpoint: Endpoint, api_key: str) -> dict[str, Any]:
+        require_key(NAME, api_key)
+        return {
+            "api_key": api_key,
+            "base_url": endpoint.base_url or DEFAULT_BASE_URL,
+            "timeout": endpoint.timeout,
+            "max_retries": 0,
+            "default_headers": dict(endpoint.extra_headers) or None,
+        }
+
+    def _sdk(self, endpoint: Endpoint, api_key: str) -> openai.OpenAI:
+        options = self._options(endpoint, api_key)
+        return openai.OpenAI(http_client=self.pool.client(options["base_url"]), **options)
+
+    def _async_sdk(self, endpoint: Endpoint, api_key: str) -> openai.AsyncOpenAI:
+        options = self._options(endpoint, api_key)
+        return openai.AsyncOpenAI(http_client=self.pool.async_client(options["base_url"]), **options)
+
+    def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
+        def errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key)
+
+        completions = self._sdk(endpoint, api_key).chat.completions
+        completion = call_mapped(errors, completions.create, **build_params(endpoint, request))
+        return result_from_completion(completion, request)
+
+    async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
+        def errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key)
+
+        completions = self._async_sdk(endpoint, api_key).chat.completions
+        completion = await acall_mapped(errors, completions.create(**build_params(endpoint, request)))
+        return result_from_completion(completion, request)
+
+    def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
+        state = StreamState(model=endpoint.model, request=request)
+        return ProviderStream(self._events(endpoint, request, api_key, state), state)
+
+    def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream:
+        state = StreamState(model=endpoint.model, request=request)
+        return AsyncProviderStream(self._aevents(endpoint, request, api_key, state), state)
+
+    def _events(
+        self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
+    ) -> Generator[StreamEvent, None, None]:
+        def errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key)
+
+        def midstream_errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key, midstream=True)
+
+        completions = self._sdk(endpoint, api_key).chat.completions
+        params = build_params(endpoint, request)
+        stream = call_mapped(errors, completions.create, **params, stream=True, stream_options={"include_usage": True})
+        try:
+            while (chunk := next_mapped(midstream_errors, stream)) is not DONE:
+                if (text := _absorb(chunk, state)) is not None:
+                    yield TextDelta(text)
+        finally:
+            stream.close()
+        yield StreamEnd(_finish(state, request))
+
+    async def _aevents(
+        self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
+    ) -> AsyncGenerator[StreamEvent, None]:
+        def errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key)
+
+        def midstream_errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key, midstream=True)
+
+        completions = self._async_sdk(endpoint, api_key).chat.completions
+        params = build_params(endpoint, request)
+        stream = await acall_mapped(
+            errors, completions.create(**params, stream=True, stream_options={"include_usage": True})
+        )
+        try:
+            while (chunk := await anext_mapped(midstream_errors, stream)) is not DONE:
+                if (text := _absorb(chunk, state)) is not None:
+                    yield TextDelta(text)
+        finally:
+            await stream.close()
+        yield StreamEnd(_finish(state, request))
+
+    def check_credentials(self, endpoint: Endpoint, *, api_key: str) -> str:
+        def errors(exc: Exception) -> ProviderError | None:
+            return map_error(exc, api_key=api_key)
+
+        model = call_mapped(errors, self._sdk(endpoint, api_key).models.retrieve, endpoint.model)
+        model_id = getattr(model, "id", None)
+        if not isinstance(model_id, str) or not model_id:
+            raise MalformedResponseError(f"{NAME}: the model object has no id")
+        return model_id
+
+
+def _absorb(chunk: Any, state: StreamState) -> str | None:
+    """Record one stream chunk in `state`; return its text, if any."""
+    if not isinstance(chunk, ChatCompletionChunk):
+        raise MalformedResponseError(f"{NAME}: a stream event is not a chat completion chunk")
+    try:
+        if chunk.model:
+            state.model = chunk.model
+        if chunk.usage is not None:
+            state.usage = usage_from_raw(chunk.usage.to_dict())
+        text = None
+        for choice in chunk.choices or ():
+            if choice.index != 0:
+                continue
+            if choice.finish_reason:
+                state.finish_reason = choice.finish_reason
+            if choice.delta is not None and choice.delta.content:
+                text = choice.delta.content
+                state.text_parts.append(text)
+        return text
+    except (AttributeError, TypeError) as exc:
+        raise MalformedResponseError(f"{NAME}: incomplete stream chunk ({type(exc).__name__})") from None
+
+
+def _finish(state: StreamState, request: GenerateRequest) -> GenerateResult:
+    if state.usage is None:
+        raise MalformedResponseError(f"{NAME}: the stream ended without usage")
+    result = GenerateResult(text=state.text(), model=state.model, finish_reason=state.finish_reason, usage=state.usage)
+    check_json(result.text, request)
+    state.result = result
+    return result
