@@ -1,9 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
-from django_otp.admin import OTPAdminSite
+
+from aditus.admin_site import AditusAdminSite
 
 # No admin page without a verified second factor.
-admin.site.__class__ = OTPAdminSite
+admin.site.__class__ = AditusAdminSite
 
 urlpatterns = [
     path("admin/", admin.site.urls),
