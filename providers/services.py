@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
+from django.apps import apps
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import models, transaction
 
 from providers.clients import get_client
 from providers.clients.base import Endpoint, ProviderError, ProviderType
-from providers.fields import DecryptionError
+from providers.fields import DecryptionError, EncryptedTextField
 from providers.models import ProviderConfig
 
 logger = logging.getLogger(__name__)
@@ -180,3 +184,120 @@ def provider_configs_set_active(*, configs, user, active: bool) -> int:
             message=[{"changed": {"fields": [_field_label("is_active")]}}],
         )
     return len(to_change)
+
+
+# --- operations (commands) ---
+
+
+class ActingUserError(Exception):
+    """No user, or no single obvious user, for a command to name in the audit log."""
+
+
+def acting_user_get(*, username: str | None):
+    """Return the superuser a command acts as: the one named, else the only active superuser."""
+    user_model = get_user_model()
+    superusers = user_model._default_manager.filter(is_superuser=True, is_active=True)
+    if username:
+        user = superusers.filter(**{user_model.USERNAME_FIELD: username}).first()
+        if user is None:
+            raise ActingUserError(f"No active superuser named {username!r}; --as must name one.")
+        return user
+    found = list(superusers[:2])
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ActingUserError("There is no active superuser to record in the audit log; create one first.")
+    raise ActingUserError("There are several superusers; say which one acts (for the audit log) with --as USERNAME.")
+
+
+def provider_config_rotate_key_tested(*, config: ProviderConfig, user, api_key: str) -> CredentialTestResult:
+    """Test a new key against the config's provider and model; rotate to it only if it works. Both audited.
+
+    The provider call happens outside any transaction, so no database connection waits on it.
+    """
+    result = provider_credentials_check(endpoint=config.endpoint(), api_key=api_key)
+    audit_log(
+        user=user,
+        config=config,
+        action_flag=CHANGE,
+        message=f"Tested a new API key before rotating: {result.summary}.",
+    )
+    if result.ok:
+        with transaction.atomic():
+            provider_config_rotate_key(config=config, user=user, api_key=api_key)
+            config.record_test(ok=True)
+    return result
+
+
+@dataclass(frozen=True)
+class EncryptedColumn:
+    model: type[models.Model]
+    field: EncryptedTextField
+
+    @property
+    def label(self) -> str:
+        return f"{self.model._meta.label}.{self.field.name}"
+
+
+def encrypted_columns() -> list[EncryptedColumn]:
+    """Every EncryptedTextField column of every installed, managed model."""
+    return [
+        EncryptedColumn(model, field)
+        for model in apps.get_models()
+        if model._meta.managed and not model._meta.proxy
+        for field in model._meta.local_concrete_fields
+        if isinstance(field, EncryptedTextField)
+    ]
+
+
+@dataclass
+class ReencryptProgress:
+    column: EncryptedColumn
+    total: int
+    seen: int = 0
+    reencrypted: int = 0
+    already_current: int = 0
+    # Saved by someone else between our read and our write: left to them (and to a re-run).
+    changed_meanwhile: int = 0
+    # "id 7 (Gemini Fast)" for each value no key decrypts.
+    undecryptable: list[str] = dataclass_field(default_factory=list)
+
+
+def encrypted_column_reencrypt(
+    *, column: EncryptedColumn, batch_size: int = 100, dry_run: bool = False
+) -> Iterator[ReencryptProgress]:
+    """Re-encrypt one column under the first FIELD_ENCRYPTION_KEYS key; yield the progress after each batch.
+
+    Each batch is its own transaction, so an interrupted run keeps what it did and a re-run skips values already
+    under the first key. A write happens only if the ciphertext is still the one read (one conditional UPDATE),
+    so a key saved meanwhile is never overwritten with an older one. A value no key decrypts is left untouched.
+    Not audited per row: the plaintext keys do not change.
+    """
+    manager = column.model._base_manager
+    name = column.field.attname
+    rows = manager.exclude(**{f"{name}__isnull": True}).exclude(**{name: ""}).order_by("pk")
+    progress = ReencryptProgress(column=column, total=rows.count())
+    last_pk = None
+    while True:
+        with transaction.atomic():
+            page = rows if last_pk is None else rows.filter(pk__gt=last_pk)
+            batch = list(page.values_list("pk", name)[:batch_size])
+            if not batch:
+                return
+            for pk, sealed in batch:
+                if sealed.is_current():
+                    progress.already_current += 1
+                    continue
+                try:
+                    fresh = sealed.rotated()
+                except DecryptionError:
+                    progress.undecryptable.append(f"id {pk} ({manager.get(pk=pk)})")
+                    continue
+                # Filtering on the Sealed value compares ciphertext: the write is conditional on no one else's.
+                if dry_run or manager.filter(pk=pk, **{name: sealed}).update(**{name: fresh}):
+                    progress.reencrypted += 1
+                else:
+                    progress.changed_meanwhile += 1
+        progress.seen += len(batch)
+        last_pk = batch[-1][0]
+        yield progress
