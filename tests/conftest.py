@@ -9,6 +9,7 @@ django.setup()
 
 from tests.auth_fixtures import *  # noqa: E402,F403
 from tests.fake_fixtures import *  # noqa: E402,F403
+from tests.usage_fixtures import *  # noqa: E402,F403
 
 
 @pytest.fixture(autouse=True)

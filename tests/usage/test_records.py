@@ -1,0 +1,205 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from providers.clients.base import TokenUsage
+from usage import services
+from usage.models import ProviderCooldown, TokenCounter, UsageRecord
+from usage.services import attempt_record, tokens_reserve
+
+pytestmark = pytest.mark.django_db
+
+NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _no_opportunistic_sweep(monkeypatch):
+    monkeypatch.setattr(services, "_next_sweep", float("inf"))
+
+
+def record(**overrides) -> UsageRecord:
+    arguments = {
+        "reservation": None,
+        "request_id": "req-7f3a",
+        "user_id": None,
+        "task": "cv_drafting",
+        "config": None,
+        "provider_type": "openai",
+        "model": "gpt-4o",
+        "attempt": 1,
+        "outcome": "success",
+        "error_type": "",
+        "usage": None,
+        "latency_ms": 850,
+        "streamed": False,
+        "now": NOON,
+    }
+    arguments.update(overrides)
+    return attempt_record(**arguments)
+
+
+def test_a_usage_row_is_exact_to_the_token_and_the_cost(provider_config, ordinary_user):
+    config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=100_000)
+    reservation = tokens_reserve(config=config, tokens=30_000, now=NOON)
+    usage = TokenUsage(input_tokens=12_345, output_tokens=6_789, cached_input_tokens=2_000, reasoning_tokens=1_234)
+
+    returned = record(
+        reservation=reservation,
+        user_id=ordinary_user.pk,
+        config=config,
+        model="gpt-4o-2024-08-06",
+        usage=usage,
+        streamed=True,
+        attempt=2,
+    )
+
+    row = UsageRecord.objects.get()
+    assert row.pk == returned.pk
+    assert (row.created_at, row.request_id, row.user, row.task) == (NOON, "req-7f3a", ordinary_user, "cv_drafting")
+    assert (row.provider_config, row.provider_type, row.model) == (config, "openai", "gpt-4o-2024-08-06")
+    assert (row.attempt, row.outcome, row.error_type, row.latency_ms, row.streamed) == (2, "success", "", 850, True)
+    assert (
+        row.input_tokens,
+        row.output_tokens,
+        row.cached_input_tokens,
+        row.cache_write_tokens,
+        row.reasoning_tokens,
+    ) == (12_345, 6_789, 2_000, 0, 1_234)
+    # (12,345 - 2,000) x 2.5 + 2,000 x 1.25 + 6,789 x 10 per million (genai-prices' gpt-4o rates)
+    assert row.cost_usd == returned.cost_usd == Decimal("0.0962525000")
+    assert row.priced and row.price_source == "genai-prices 0.2.3"
+    assert TokenCounter.objects.get(period="day").used == 12_345 + 6_789
+
+
+def test_anthropic_cache_writes_are_recorded_and_costed(provider_config):
+    config = provider_config(provider_type="claude", model_name="claude-sonnet-4-5")
+    usage = TokenUsage(
+        input_tokens=10_000,
+        output_tokens=2_000,
+        cached_input_tokens=4_000,
+        cache_write_tokens=1_000,
+        reasoning_tokens=500,
+    )
+
+    record(config=config, provider_type="claude", model="claude-sonnet-4-5-20250929", usage=usage)
+
+    row = UsageRecord.objects.get()
+    assert (row.cache_write_tokens, row.cached_input_tokens, row.reasoning_tokens) == (1_000, 4_000, 500)
+    assert row.cost_usd == Decimal("0.0499500000")
+
+
+def test_an_unpriced_model_is_recorded_as_unpriced_not_free(provider_config):
+    config = provider_config(provider_type="openai", model_name="llama-3.3-70b-on-my-laptop")
+
+    record(config=config, model="", usage=TokenUsage(input_tokens=10, output_tokens=5))
+
+    row = UsageRecord.objects.get()
+    assert row.model == "llama-3.3-70b-on-my-laptop"  # nothing reported: as configured
+    assert (row.cost_usd, row.priced, row.price_source) == (None, False, "")
+
+
+def test_the_config_override_prices_the_row(provider_config):
+    config = provider_config(
+        provider_type="gemini",
+        input_price_per_million=Decimal("2"),
+        output_price_per_million=Decimal("8"),
+    )
+
+    record(config=config, provider_type="gemini", model="gemini-2.5-flash", usage=TokenUsage(1_000, 500))
+
+    row = UsageRecord.objects.get()
+    assert (row.cost_usd, row.price_source) == (Decimal("0.0060000000"), "override")
+
+
+def test_the_environment_fallback_is_recorded_without_a_config():
+    record(provider_type="gemini", model="gemini-2.5-flash", usage=TokenUsage(input_tokens=1_000, output_tokens=100))
+
+    row = UsageRecord.objects.get()
+    assert row.provider_config is None and row.provider_type == "gemini"
+    assert row.cost_usd == Decimal("0.0005500000")  # 1,000 x 0.3 + 100 x 2.5 per million
+    assert not TokenCounter.objects.exists()
+
+
+def test_a_failed_attempt_without_usage_is_recorded_with_its_error(provider_config):
+    config = provider_config(daily_token_limit=1_000)
+    reservation = tokens_reserve(config=config, tokens=800, now=NOON)
+
+    record(config=config, reservation=reservation, outcome="error", error_type="timeout", usage=None)
+
+    row = UsageRecord.objects.get()
+    assert (row.outcome, row.error_type, row.input_tokens, row.output_tokens) == ("error", "timeout", 0, 0)
+    assert row.cost_usd == Decimal(0) and row.priced
+    day = TokenCounter.objects.get(period="day")
+    assert (day.used, day.reserved) == (0, 0)
+
+
+def test_an_aborted_stream_records_the_tokens_consumed_so_far(provider_config):
+    config = provider_config(provider_type="claude", model_name="claude-sonnet-4-5", monthly_token_limit=10_000)
+    reservation = tokens_reserve(config=config, tokens=5_000, now=NOON)
+    partial = TokenUsage(input_tokens=1_200, output_tokens=37, estimated=True)
+
+    record(
+        config=config, reservation=reservation, provider_type="claude", outcome="aborted", usage=partial, streamed=True
+    )
+
+    row = UsageRecord.objects.get()
+    assert (row.outcome, row.input_tokens, row.output_tokens, row.streamed) == ("aborted", 1_200, 37, True)
+    assert row.cost_usd == Decimal("0.0041550000")  # 1,200 x 3 + 37 x 15 per million
+    assert TokenCounter.objects.get(period="month").used == 1_237
+
+
+def test_invalid_output_is_an_outcome_of_its_own():
+    record(outcome="invalid_output", usage=TokenUsage(input_tokens=10, output_tokens=10))
+
+    assert UsageRecord.objects.get().outcome == "invalid_output"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"outcome": "exploded"}, "exploded"),
+        ({"outcome": "error", "error_type": "gremlins"}, "gremlins"),
+        ({"attempt": 0}, "1-based"),
+    ],
+)
+def test_it_refuses_values_that_are_not_outcomes_error_types_or_attempts(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        record(**overrides)
+
+    assert not UsageRecord.objects.exists()
+
+
+def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_config):
+    config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
+    reservation = tokens_reserve(config=config, tokens=1_000, now=NOON)
+
+    with CaptureQueriesContext(connection) as context:
+        record(config=config, reservation=reservation, usage=TokenUsage(input_tokens=100, output_tokens=10))
+
+    sql = [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
+    # claim the reservation, settle month and day, reset a failure count (a no-op here), insert the row
+    assert [statement.split()[0] for statement in sql] == ["DELETE", "UPDATE", "UPDATE", "UPDATE", "INSERT"], sql
+    assert not ProviderCooldown.objects.exists()
+
+
+def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_a_single_insert(provider_config):
+    config = provider_config(provider_type="openai", model_name="gpt-4o")
+
+    with CaptureQueriesContext(connection) as context:
+        record(config=config, usage=TokenUsage(input_tokens=100, output_tokens=10), known_failures=0)
+
+    assert [query["sql"].split()[0] for query in context.captured_queries] == ["INSERT"]
+
+
+def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provider_config):
+    config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
+    reservation = tokens_reserve(config=config, tokens=1_000, now=NOON)
+
+    with CaptureQueriesContext(connection) as context:
+        record(config=config, reservation=reservation, usage=TokenUsage(100, 10), known_failures=0)
+
+    sql = [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
+    assert [statement.split()[0] for statement in sql] == ["DELETE", "UPDATE", "UPDATE", "INSERT"], sql

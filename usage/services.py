@@ -1,0 +1,464 @@
+"""Token limits, usage records and provider cooldowns.
+
+Every function here is synchronous and does its own database work in its own transaction, so async callers can
+run it with `sync_to_async(..., thread_sensitive=False)`. Everything that must hold across processes (limits,
+reservations, failure counts) is counted in the database by single conditional statements, never read and
+written back in Python.
+
+The hot path (`tokens_reserve`, `attempt_record`) uses a few hand-written SQL statements instead of the ORM:
+the whole gateway has about 3 ms of CPU per request, and compiling an ORM query costs 50-100 µs of it. The SQL
+is plain enough to run unchanged on PostgreSQL and SQLite (3.35 or later, for RETURNING).
+
+Lock order: a transaction that touches token counters locks month counters before day counters (the expiry
+sweep: all its month counters in id order, then all its day counters), so concurrent reservations, settlements
+and expiries cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import BooleanField, Case, QuerySet, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from providers.clients.base import ErrorType, TokenUsage
+from usage.models import Outcome, Period, ProviderCooldown, TokenCounter, TokenReservation, UsageRecord
+from usage.pricing import price_quote
+
+if TYPE_CHECKING:
+    from providers.models import ProviderConfig
+
+# Errors that count toward a cooldown: every failure that says something about the provider config rather than
+# about the request. A bad request would fail the same way anywhere, so it does not count. Authentication,
+# permission and unknown-model errors do: a config with a revoked key is skipped for a while instead of costing
+# every request a round trip.
+COOLDOWN_ERROR_TYPES: frozenset[str] = frozenset(ErrorType) - {ErrorType.BAD_REQUEST}
+
+# How often one process sweeps expired reservations from inside `tokens_reserve`.
+RESERVATION_SWEEP_INTERVAL_SECONDS = 60.0
+_next_sweep = 0.0  # time.monotonic() after which the next sweep is due
+
+# Table names are spelled out so the SQL reads whole; a test checks them against the models' db_table.
+_COUNTER_RESERVE = (
+    "UPDATE usage_tokencounter SET reserved = reserved + %s "
+    "WHERE provider_config_id = %s AND period = %s AND window_start = %s AND used + reserved + %s <= %s "
+    "RETURNING id"
+)
+_COUNTER_RESERVE_UNLIMITED = (
+    "UPDATE usage_tokencounter SET reserved = reserved + %s "
+    "WHERE provider_config_id = %s AND period = %s AND window_start = %s RETURNING id"
+)
+_COUNTER_CREATE = (
+    "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
+    "VALUES (%s, %s, %s, 0, 0) ON CONFLICT DO NOTHING"
+)
+_COUNTER_SETTLE = "UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s WHERE id = %s"
+_COUNTER_RELEASE = "UPDATE usage_tokencounter SET reserved = reserved - %s WHERE id = %s"
+_COUNTER_ADD_USED = (
+    "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
+    "VALUES (%s, %s, %s, %s, 0) "
+    "ON CONFLICT (provider_config_id, period, window_start) "
+    "DO UPDATE SET used = usage_tokencounter.used + excluded.used"
+)
+_RESERVATION_CREATE = (
+    "INSERT INTO usage_tokenreservation (provider_config_id, day_counter_id, month_counter_id, tokens, expires_at) "
+    "VALUES (%s, %s, %s, %s, %s) RETURNING id"
+)
+_RESERVATION_CLAIM = "DELETE FROM usage_tokenreservation WHERE id = %s"
+_RESERVATIONS_CLAIM_EXPIRED = (
+    "DELETE FROM usage_tokenreservation WHERE expires_at <= %s RETURNING day_counter_id, month_counter_id, tokens"
+)
+_COOLDOWN_FAILURE = (
+    "INSERT INTO usage_providercooldown "
+    "(provider_config_id, consecutive_failures, until, last_error_type, last_failure_at) "
+    "VALUES (%s, 1, %s, %s, %s) "
+    "ON CONFLICT (provider_config_id) DO UPDATE SET "
+    "consecutive_failures = usage_providercooldown.consecutive_failures + 1, "
+    "until = CASE WHEN usage_providercooldown.consecutive_failures + 1 >= %s "
+    "THEN %s ELSE usage_providercooldown.until END, "
+    "last_error_type = excluded.last_error_type, last_failure_at = excluded.last_failure_at "
+    "RETURNING consecutive_failures"
+)
+_COOLDOWN_RESET = (
+    "UPDATE usage_providercooldown SET consecutive_failures = 0, until = NULL "
+    "WHERE provider_config_id = %s AND consecutive_failures > 0"
+)
+HAND_WRITTEN_SQL_TABLES = {
+    "usage_tokencounter": TokenCounter,
+    "usage_tokenreservation": TokenReservation,
+    "usage_providercooldown": ProviderCooldown,
+}
+
+_PERIOD_WORDS = {Period.DAY: "daily", Period.MONTH: "monthly"}
+
+
+class LimitExceeded(Exception):
+    """A config has too few tokens left in one of its windows for the call."""
+
+    def __init__(self, *, config_id: int, config_name: str, period: str, limit: int, resets_at: datetime):
+        self.config_id = config_id
+        self.period = period
+        self.limit = limit
+        self.resets_at = resets_at
+        self.message = (
+            f"{config_name} is over its {_PERIOD_WORDS[period]} token limit ({limit:,}); "
+            f"it resets at {resets_at:%Y-%m-%d %H:%M %Z}"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens held for one call; hand it back to `attempt_record` to settle it."""
+
+    id: int
+    config_id: int
+    tokens: int
+    month_counter_id: int
+    day_counter_id: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The calendar windows a moment falls in, in settings.TIME_ZONE."""
+
+    day: date
+    month: date
+
+    @classmethod
+    def at(cls, moment: datetime) -> Windows:
+        today = timezone.localtime(moment, timezone.get_default_timezone()).date()
+        return cls(day=today, month=today.replace(day=1))
+
+    def start(self, period: str) -> date:
+        return self.day if period == Period.DAY else self.month
+
+
+def window_resets_at(period: str, start: date) -> datetime:
+    """Return when the window of `period` that starts on `start` ends: the next local midnight or 1st."""
+    if period == Period.DAY:
+        following = start + timedelta(days=1)
+    else:
+        following = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime.combine(following, clock_time.min, tzinfo=timezone.get_default_timezone())
+
+
+def _limits(config: ProviderConfig) -> tuple[tuple[str, int | None], ...]:
+    # Month before day: the lock order, and a refused month is the later (and so the truer) reset to report.
+    return ((Period.MONTH, config.monthly_token_limit), (Period.DAY, config.daily_token_limit))
+
+
+def _has_limits(config: ProviderConfig | None) -> bool:
+    return config is not None and (config.daily_token_limit is not None or config.monthly_token_limit is not None)
+
+
+def _limit_exceeded(config: ProviderConfig, period: str, limit: int, windows: Windows) -> LimitExceeded:
+    return LimitExceeded(
+        config_id=config.pk,
+        config_name=config.display_name,
+        period=period,
+        limit=limit,
+        resets_at=window_resets_at(period, windows.start(period)),
+    )
+
+
+def _db_date(value: date) -> Any:
+    return connection.ops.adapt_datefield_value(value)
+
+
+def _db_datetime(value: datetime | None) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def tokens_reserve(*, config: ProviderConfig, tokens: int, now: datetime | None = None) -> Reservation | None:
+    """Hold `tokens` against the config's day and month windows, both or neither, or raise `LimitExceeded`.
+
+    Returns None, without touching the database, when the config has no limits, and refuses without a query
+    what could never fit. Otherwise one transaction of three statements (two conditional UPDATEs and an
+    INSERT); the first call in a new window, and a refusal, add an INSERT and a retry for that window. Both
+    windows are counted even when only one has a limit, so a limit set later in the window starts from the
+    true figure. Every RESERVATION_SWEEP_INTERVAL_SECONDS a process also sweeps expired reservations first.
+    """
+    if not _has_limits(config):
+        return None
+    if tokens < 0:
+        raise ValueError("tokens must not be negative")
+    now = now or timezone.now()
+    windows = Windows.at(now)
+    for period, limit in _limits(config):
+        if limit is not None and tokens > limit:
+            raise _limit_exceeded(config, period, limit, windows)  # could never fit: no need to ask the database
+
+    _sweep_if_due(now)
+    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
+    counter_ids: dict[str, int] = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        for period, limit in _limits(config):
+            counter_ids[period] = _counter_reserve(cursor, config, period, limit, windows, tokens)
+        cursor.execute(
+            _RESERVATION_CREATE,
+            [config.pk, counter_ids[Period.DAY], counter_ids[Period.MONTH], tokens, _db_datetime(expires_at)],
+        )
+        reservation_id = cursor.fetchone()[0]
+    return Reservation(
+        id=reservation_id,
+        config_id=config.pk,
+        tokens=tokens,
+        month_counter_id=counter_ids[Period.MONTH],
+        day_counter_id=counter_ids[Period.DAY],
+        expires_at=expires_at,
+    )
+
+
+def _counter_reserve(cursor, config: ProviderConfig, period: str, limit: int | None, windows: Windows, tokens: int):
+    start = _db_date(windows.start(period))
+    for first_try in (True, False):
+        # The check and the reservation are one statement: the row lock makes concurrent callers take turns,
+        # and each re-evaluates the condition against the row as the previous one left it.
+        if limit is None:
+            cursor.execute(_COUNTER_RESERVE_UNLIMITED, [tokens, config.pk, period, start])
+        else:
+            cursor.execute(_COUNTER_RESERVE, [tokens, config.pk, period, start, tokens, limit])
+        row = cursor.fetchone()
+        if row is not None:
+            return row[0]
+        if first_try:
+            # No row yet for this window, or not enough room: create it if missing (a concurrent creator
+            # wins harmlessly) and ask once more. Whether this INSERT added the row says nothing about the
+            # first UPDATE, which may have run before another transaction's row became visible.
+            cursor.execute(_COUNTER_CREATE, [config.pk, period, start])
+    raise _limit_exceeded(config, period, limit, windows)
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Release every reservation that has expired, exactly once, and return how many there were.
+
+    Deleting a reservation is the claim, so a settlement or another sweep racing this one cannot release the
+    same tokens again. One DELETE and, when something expired, one UPDATE per counter, in one transaction.
+    """
+    now = now or timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_RESERVATIONS_CLAIM_EXPIRED, [_db_datetime(now)])
+        claimed = cursor.fetchall()
+        months: dict[int, int] = defaultdict(int)
+        days: dict[int, int] = defaultdict(int)
+        for day_counter_id, month_counter_id, tokens in claimed:
+            months[month_counter_id] += tokens
+            days[day_counter_id] += tokens
+        for counters in (months, days):
+            for counter_id in sorted(counters):
+                cursor.execute(_COUNTER_RELEASE, [counters[counter_id], counter_id])
+    return len(claimed)
+
+
+def _sweep_if_due(now: datetime) -> None:
+    global _next_sweep
+    # Per process and unlocked: two threads sweeping at once only cost a query, the release stays exactly once.
+    if time.monotonic() < _next_sweep:
+        return
+    _next_sweep = time.monotonic() + RESERVATION_SWEEP_INTERVAL_SECONDS
+    reservations_expire(now=now)
+
+
+def attempt_record(
+    *,
+    reservation: Reservation | None,
+    request_id: str,
+    user_id: int | None,
+    task: str,
+    config: ProviderConfig | None,
+    provider_type: str,
+    model: str,
+    attempt: int,
+    outcome: str,
+    error_type: str = "",
+    usage: TokenUsage | None,
+    latency_ms: int,
+    streamed: bool,
+    known_failures: int | None = None,
+    now: datetime | None = None,
+) -> UsageRecord:
+    """Record one provider attempt, costed; settle its reservation and note the config's health.
+
+    In one transaction: the reservation is claimed (deleted) and its tokens swapped for the actual total
+    (input + output as billed) in both windows; if it had already expired and been released, or there was
+    none for a config with limits, the actual total is still added to the current windows. Settling never
+    refuses: the tokens are spent.
+
+    Health: "error" with an error type in COOLDOWN_ERROR_TYPES counts a failure (`provider_failure_note`);
+    "success" and "invalid_output" (the provider did answer) reset the count (`provider_success_note`);
+    "aborted" does neither. So do not call those two for an attempt recorded here. Pass `known_failures`,
+    the count read with the candidates (`configs_with_cooldown`), and a success with 0 skips the reset query.
+
+    Queries: one INSERT when there is nothing to settle or note; with a reservation, one transaction of
+    DELETE, two UPDATEs and the INSERT (plus one statement for health when needed).
+    """
+    outcome = Outcome(outcome)
+    error_type = ErrorType(error_type).value if error_type else ""
+    if attempt < 1:
+        raise ValueError("attempt is 1-based")
+    now = now or timezone.now()
+    usage = usage or TokenUsage()
+    model = model or (config.model_name if config is not None else "")
+    quote = price_quote(provider_type=provider_type, model=model, usage=usage, config=config, at=now)
+    record = UsageRecord(
+        created_at=now,
+        request_id=request_id,
+        user_id=user_id,
+        task=task,
+        provider_config_id=config.pk if config is not None else None,
+        provider_type=provider_type,
+        model=model,
+        attempt=attempt,
+        outcome=outcome,
+        error_type=error_type,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cost_usd=quote.cost_usd,
+        priced=quote.priced,
+        price_source=quote.source,
+        latency_ms=max(int(latency_ms), 0),
+        streamed=streamed,
+    )
+    total = usage.total_tokens
+    count_without_reservation = reservation is None and total > 0 and _has_limits(config)
+    health = _health_change(config, outcome, error_type, known_failures)
+    if reservation is None and not count_without_reservation and health is None:
+        record.save(force_insert=True)  # a single statement needs no transaction of its own
+        return record
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            if reservation is not None:
+                cursor.execute(_RESERVATION_CLAIM, [reservation.id])
+                if cursor.rowcount == 1:
+                    cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, reservation.month_counter_id])
+                    cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, reservation.day_counter_id])
+                elif total:
+                    # Expired and released by a sweep: the tokens were still spent.
+                    _used_add(cursor, reservation.config_id, total, Windows.at(now))
+            elif count_without_reservation:
+                _used_add(cursor, config.pk, total, Windows.at(now))
+
+            if health == "reset":
+                cursor.execute(_COOLDOWN_RESET, [config.pk])
+            elif health == "failure":
+                _failure_note(cursor, config.pk, error_type, now)
+        record.save(force_insert=True)
+    return record
+
+
+def _health_change(
+    config: ProviderConfig | None, outcome: str, error_type: str, known_failures: int | None
+) -> str | None:
+    if config is None:
+        return None
+    if outcome in (Outcome.SUCCESS, Outcome.INVALID_OUTPUT):
+        return None if known_failures == 0 else "reset"
+    if outcome == Outcome.ERROR and error_type in COOLDOWN_ERROR_TYPES:
+        return "failure"
+    return None
+
+
+def _used_add(cursor, config_id: int, tokens: int, windows: Windows) -> None:
+    for period in (Period.MONTH, Period.DAY):
+        cursor.execute(_COUNTER_ADD_USED, [config_id, period, _db_date(windows.start(period)), tokens])
+
+
+def provider_failure_note(*, config_id: int, error_type: str, now: datetime | None = None) -> int:
+    """Count one failure of a config; at PROVIDER_COOLDOWN_FAILURES in a row it cools down.
+
+    Returns the consecutive failures now counted, or 0 for an error type that does not count
+    (see COOLDOWN_ERROR_TYPES). One statement (an INSERT ... ON CONFLICT DO UPDATE).
+    """
+    if error_type not in COOLDOWN_ERROR_TYPES:
+        return 0
+    with connection.cursor() as cursor:
+        return _failure_note(cursor, config_id, error_type, now or timezone.now())
+
+
+def _failure_note(cursor, config_id: int, error_type: str, now: datetime) -> int:
+    threshold = settings.PROVIDER_COOLDOWN_FAILURES
+    until = _db_datetime(now + timedelta(seconds=settings.PROVIDER_COOLDOWN_SECONDS))
+    first_until = until if threshold <= 1 else None
+    cursor.execute(_COOLDOWN_FAILURE, [config_id, first_until, error_type, _db_datetime(now), threshold, until])
+    return cursor.fetchone()[0]
+
+
+def provider_success_note(*, config_id: int) -> bool:
+    """Reset a config's failure count and end its cooldown; returns whether there was anything to reset.
+
+    One UPDATE that changes no row (and so writes nothing) unless the config had failures.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_COOLDOWN_RESET, [config_id])
+        return cursor.rowcount > 0
+
+
+def configs_cooling_down(*, config_ids: list[int], now: datetime | None = None) -> set[int]:
+    """Return the ids among `config_ids` that are cooling down. One query."""
+    if not config_ids:
+        return set()
+    return set(
+        ProviderCooldown.objects.filter(provider_config_id__in=config_ids, until__gt=now or timezone.now()).values_list(
+            "provider_config_id", flat=True
+        )
+    )
+
+
+def configs_with_cooldown(queryset: QuerySet, *, now: datetime | None = None) -> QuerySet:
+    """Annotate ProviderConfigs with `cooling_down` (bool) and `known_failures` (int), in the same query.
+
+    E.g. `configs_with_cooldown(ProviderConfig.objects.serving(task))` for the router's candidates; hand
+    `known_failures` on to `attempt_record`.
+    """
+    return queryset.annotate(
+        cooling_down=Case(
+            When(cooldown__until__gt=now or timezone.now(), then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        ),
+        known_failures=Coalesce("cooldown__consecutive_failures", Value(0)),
+    )
+
+
+def usage_for_config(*, config: ProviderConfig, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Return today's and this month's tokens for a config: used, reserved, limit, window start, reset time.
+
+    Keyed by "day" and "month". Counts only what went through the counters, i.e. since the config had a
+    limit. One query.
+    """
+    windows = Windows.at(now or timezone.now())
+    counters = {
+        (counter.period, counter.window_start): counter
+        for counter in TokenCounter.objects.filter(
+            provider_config=config, period__in=[Period.DAY, Period.MONTH], window_start__in=[windows.day, windows.month]
+        )
+    }
+    result: dict[str, dict[str, Any]] = {}
+    for period, limit in _limits(config):
+        start = windows.start(period)
+        counter = counters.get((period, start))
+        result[str(period)] = {
+            "window_start": start,
+            "resets_at": window_resets_at(period, start),
+            "used": counter.used if counter else 0,
+            "reserved": counter.reserved if counter else 0,
+            "limit": limit,
+        }
+    return result
