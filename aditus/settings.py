@@ -145,3 +145,34 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# --- usage ---
+# A token reservation left by a crashed worker is released after this long; keep it above the longest call.
+TOKEN_RESERVATION_TTL_SECONDS = env_int("TOKEN_RESERVATION_TTL_SECONDS", 600, minimum=1)
+# A provider config that fails this many times in a row is skipped for PROVIDER_COOLDOWN_SECONDS.
+PROVIDER_COOLDOWN_FAILURES = env_int("PROVIDER_COOLDOWN_FAILURES", 3, minimum=1)
+PROVIDER_COOLDOWN_SECONDS = env_int("PROVIDER_COOLDOWN_SECONDS", 30, minimum=0)
+
+# --- tasks ---
+# The four task endpoints (tasks/). Input limits: exceeding one is a 400 (or 413 for sizes) naming the setting.
+TASK_MAX_TEXT_CHARS = env_int("TASK_MAX_TEXT_CHARS", 50_000, minimum=100)
+TASK_MAX_IMAGE_BYTES = env_int("TASK_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1024)
+TASK_MAX_IMAGE_PIXELS = env_int("TASK_MAX_IMAGE_PIXELS", 40_000_000, minimum=1)
+TASK_MIN_IMAGE_SIDE = env_int("TASK_MIN_IMAGE_SIDE", 16, minimum=1)
+TASK_MAX_IMAGE_SIDE = env_int("TASK_MAX_IMAGE_SIDE", 8000, minimum=16)
+# Tokens reserved against a config's limit for one image, before the provider has counted it (the largest of the
+# three providers' per-image costs at their default resizing).
+TASK_IMAGE_TOKEN_ALLOWANCE = env_int("TASK_IMAGE_TOKEN_ALLOWANCE", 1600, minimum=0)
+# Output caps per task (also the output part of every reservation).
+TASK_MAX_OUTPUT_TOKENS_EXTRACTION = env_int("TASK_MAX_OUTPUT_TOKENS_EXTRACTION", 2048, minimum=16)
+TASK_MAX_OUTPUT_TOKENS_IMAGE_VALIDATION = env_int("TASK_MAX_OUTPUT_TOKENS_IMAGE_VALIDATION", 1024, minimum=16)
+TASK_MAX_OUTPUT_TOKENS_CV_DRAFTING = env_int("TASK_MAX_OUTPUT_TOKENS_CV_DRAFTING", 4096, minimum=16)
+TASK_MAX_OUTPUT_TOKENS_COVER_LETTER = env_int("TASK_MAX_OUTPUT_TOKENS_COVER_LETTER", 2048, minimum=16)
+# The hardcoded fallback, used for a task only when no active provider config serves it. Without
+# GEMINI_API_KEY a task with no config answers 503.
+GEMINI_API_KEY = env_str("GEMINI_API_KEY")
+GEMINI_MODEL_FAST = env_str("GEMINI_MODEL_FAST", "gemini-2.5-flash")  # extraction, image validation
+GEMINI_MODEL_QUALITY = env_str("GEMINI_MODEL_QUALITY", "gemini-2.5-pro")  # CV drafts, cover letters
+GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")  # e.g. a proxy or the fake providers; empty: Google's API
+GEMINI_TIMEOUT_SECONDS = env_int("GEMINI_TIMEOUT_SECONDS", 60, minimum=1)
+# --- end tasks ---
