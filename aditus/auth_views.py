@@ -55,6 +55,10 @@ class LogoutView(APIView):
 
     authentication_classes = (BearerTokenAuthentication,)
     permission_classes = (IsAuthenticated,)
+    # Counted per user (the caller is authenticated). It bounds the revocation writes one token holder can cause;
+    # it cannot slow guessing, which fails at authentication before any throttle runs.
+    throttle_classes = (ScopedRateThrottle,)
+    throttle_scope = "auth"
 
     def post(self, request):
         api_token_revoke(token=request.auth)
