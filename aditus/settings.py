@@ -1,9 +1,11 @@
 """Settings for aditus, read from environment variables (see README "Configuration")."""
 
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from aditus.env import (
     env_bool,
@@ -152,6 +154,9 @@ TOKEN_RESERVATION_TTL_SECONDS = env_int("TOKEN_RESERVATION_TTL_SECONDS", 600, mi
 # A provider config that fails this many times in a row is skipped for PROVIDER_COOLDOWN_SECONDS.
 PROVIDER_COOLDOWN_FAILURES = env_int("PROVIDER_COOLDOWN_FAILURES", 3, minimum=1)
 PROVIDER_COOLDOWN_SECONDS = env_int("PROVIDER_COOLDOWN_SECONDS", 30, minimum=0)
+# Add each recorded call to the hourly and per-user daily rollups that the statistics read (usage.rollups).
+# Off only to measure what they cost: statistics then miss the calls recorded meanwhile.
+USAGE_ROLLUPS_ENABLED = env_bool("USAGE_ROLLUPS_ENABLED", True)
 
 # --- tasks ---
 # The four task endpoints (tasks/). Input limits: exceeding one is a 400 (or 413 for sizes) naming the setting.
@@ -176,3 +181,156 @@ GEMINI_MODEL_QUALITY = env_str("GEMINI_MODEL_QUALITY", "gemini-2.5-pro")  # CV d
 GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")  # e.g. a proxy or the fake providers; empty: Google's API
 GEMINI_TIMEOUT_SECONDS = env_int("GEMINI_TIMEOUT_SECONDS", 60, minimum=1)
 # --- end tasks ---
+
+# --- metrics and alerts ---
+# /metrics (usage.metrics) in the Prometheus text format; django-prometheus adds the standard request metrics.
+# Several worker processes: set PROMETHEUS_MULTIPROC_DIR to an empty directory before the server starts
+# (prometheus_client reads it at import), and /metrics sums the files of every process.
+INSTALLED_APPS = [*INSTALLED_APPS, "django_prometheus"]
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    *MIDDLEWARE,
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+# Who may scrape /metrics; each check that is configured must pass. Addresses and networks are matched against
+# REMOTE_ADDR (the peer, or under uvicorn --proxy-headers the client a trusted proxy forwarded); "*" matches any,
+# an empty list none. A proxy on loopback that forwards no client address makes every request look local: there,
+# and whenever /metrics is reachable from outside, set the token too.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+for _network in set(METRICS_ALLOWED_IPS) - {"*"}:
+    try:
+        ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_network!r} is not an address or network") from None
+METRICS_TOKEN = env_str("METRICS_TOKEN")  # when set, scrapers send "Authorization: Bearer <token>"
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters")
+# ai_provider_error_rate is the share of errors among the attempts recorded over this many seconds.
+METRICS_ERROR_RATE_WINDOW_SECONDS = env_int("METRICS_ERROR_RATE_WINDOW_SECONDS", 300, minimum=10)
+
+# Budget alerts (usage.alerts): percents of each daily and monthly token limit; a config's BudgetPolicy overrides.
+_thresholds = env_list("BUDGET_ALERT_THRESHOLDS", ["80", "95", "100"])
+if not all(item.isdigit() and 1 <= int(item) <= 1000 for item in _thresholds):
+    raise ImproperlyConfigured(f"BUDGET_ALERT_THRESHOLDS must be whole percents from 1 to 1000, got {_thresholds}")
+BUDGET_ALERT_THRESHOLDS = tuple(sorted({int(item) for item in _thresholds}))
+# Where `manage.py run_alert_worker` sends them: email to ALERT_EMAILS, a Slack-compatible webhook, or both.
+ALERT_EMAILS = env_list("ALERT_EMAILS", [])
+if not all("@" in address for address in ALERT_EMAILS):
+    raise ImproperlyConfigured(f"ALERT_EMAILS must be email addresses, got {ALERT_EMAILS}")
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL")  # a secret (it carries the token): never logged
+if ALERT_WEBHOOK_URL is not None and not ALERT_WEBHOOK_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("ALERT_WEBHOOK_URL must be an http(s) URL")
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_int("ALERT_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# A failed delivery is retried after ALERT_RETRY_BASE_SECONDS, doubling up to ALERT_RETRY_MAX_SECONDS, and given
+# up after ALERT_MAX_ATTEMPTS attempts (the defaults: about an hour).
+ALERT_MAX_ATTEMPTS = env_int("ALERT_MAX_ATTEMPTS", 8, minimum=1)
+ALERT_RETRY_BASE_SECONDS = env_int("ALERT_RETRY_BASE_SECONDS", 30, minimum=1)
+ALERT_RETRY_MAX_SECONDS = env_int("ALERT_RETRY_MAX_SECONDS", 3600, minimum=1)
+ALERT_WORKER_INTERVAL_SECONDS = env_int("ALERT_WORKER_INTERVAL_SECONDS", 5, minimum=1)
+# A worker owns a claimed alert this long; one that died mid-send is retried after it. Keep it above the time a
+# delivery can take (the SMTP and webhook timeouts), or two workers could send the same alert.
+ALERT_SEND_LEASE_SECONDS = env_int("ALERT_SEND_LEASE_SECONDS", 300, minimum=10)
+
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS, usually port 465
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set at most one of EMAIL_USE_TLS and EMAIL_USE_SSL")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "aditus@localhost")
+if ALERT_SEND_LEASE_SECONDS <= 2 * EMAIL_TIMEOUT + ALERT_WEBHOOK_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured("ALERT_SEND_LEASE_SECONDS must exceed 2 * EMAIL_TIMEOUT + ALERT_WEBHOOK_TIMEOUT_SECONDS")
+# --- end metrics and alerts ---
+
+# --- production and hardening ---
+# Production is DEBUG off, served by `deploy/entrypoint.sh serve` (uvicorn); see the Dockerfile.
+# Middleware: the request id first, so that every later log line has it; the probes before host validation and
+# the https redirect; static files right after SecurityMiddleware; django-axes innermost (last) so that the
+# lockout response it substitutes is what the outer middleware (metrics, CSP) see.
+MIDDLEWARE = [
+    "aditus.middleware.RequestIdMiddleware",
+    "aditus.middleware.HealthProbeMiddleware",
+    *MIDDLEWARE,
+    "aditus.middleware.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "aditus.middleware.StaticFilesMiddleware"
+)
+INSTALLED_APPS = [*INSTALLED_APPS, "axes"]
+
+# Static files, served by WhiteNoise. Hashed, compressed names (and collectstatic before start, which the Dockerfile
+# runs at build) only in production, so that tests and development need no collectstatic.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+# Decided when settings load, not from the DEBUG that the test runner switches off: in development and tests
+# WhiteNoise finds files in the apps, in production it serves STATIC_ROOT from memory-held metadata.
+WHITENOISE_AUTOREFRESH = DEBUG
+WHITENOISE_USE_FINDERS = DEBUG
+
+# HTTPS. Behind a TLS-terminating proxy keep the redirect on and let Django see the original scheme: uvicorn does
+# that for proxies in FORWARDED_ALLOW_IPS (deploy/entrypoint.sh); TRUST_X_FORWARDED_PROTO is for other servers.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes come over plain http from inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is all but irreversible and binds every subdomain, so it is the operator's explicit choice, and the
+# deploy check's reminder about it (security.W021) is silenced until then.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy of every HTML page (the admin). No inline script anywhere: Django 5.2's admin and ours
+# pass data in data- attributes. Inline styles are allowed (a compromise): the admin's change list of a model
+# without actions has an inline <style> block, and its jQuery widgets (autocomplete) write style attributes.
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; "
+    "form-action 'self'",
+)
+
+# Lockout after repeated failed logins (django-axes), in the admin and at /api/v1/auth/token alike: both call
+# authenticate() with the request. Counted per username and address together, so that nobody can lock a
+# super-admin out from elsewhere; in the database, so that it holds across processes. A wrong TOTP code after a
+# right password is django-otp's to throttle (it backs off per device).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("AXES_COOLOFF_SECONDS", 3600, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "aditus.lockout.lockout_response"
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]
+# The client address is REMOTE_ADDR, which uvicorn sets from X-Forwarded-For for trusted proxies only.
+
+# Readiness (/readyz): how long a process trusts that every migration is applied before it checks again.
+READYZ_MIGRATIONS_CACHE_SECONDS = env_int("READYZ_MIGRATIONS_CACHE_SECONDS", 60, minimum=0)
+
+# Logs: the request id on every line; LOG_FORMAT=json writes one JSON object per line.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
+LOGGING["filters"] = {**LOGGING.get("filters", {}), "request_id": {"()": "aditus.logging.RequestIdFilter"}}
+LOGGING["formatters"]["plain"] = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+LOGGING["formatters"]["json"] = {"()": "aditus.logging.JsonFormatter"}
+LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id"])
+# django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
+LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "axes.apps": {"level": "WARNING"}}
+# --- end production and hardening ---

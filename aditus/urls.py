@@ -1,13 +1,22 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from aditus import health
 from aditus.admin_site import AditusAdminSite
+from usage.metrics import metrics_view
 
 # No admin page without a verified second factor.
 admin.site.__class__ = AditusAdminSite
 
 urlpatterns = [
+    # Probes; answered by aditus.middleware.HealthProbeMiddleware before these patterns are reached.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # Prometheus scrapes; limited to METRICS_ALLOWED_IPS and, when set, METRICS_TOKEN.
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/auth/", include("aditus.auth_urls")),
+    path("api/v1/super-admin/providers/usage/", include("usage.urls")),
     path("api/v1/super-admin/providers/", include("providers.urls")),
+    path("api/v1/", include("tasks.urls")),
 ]

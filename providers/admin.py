@@ -3,6 +3,7 @@ from django.contrib.admin.models import CHANGE
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from providers import services
@@ -20,6 +21,7 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         "model_name",
         "task_list",
         "is_active",
+        "tokens_today",
         "masked_key",
         "last_test",
         "priority",
@@ -73,6 +75,30 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     @admin.display(description="tasks")
     def task_list(self, config: ProviderConfig) -> str:
         return ", ".join(str(Task(task).label) for task in config.tasks) or "—"
+
+    @admin.display(description="tokens today / daily limit")
+    def tokens_today(self, config: ProviderConfig) -> str:
+        limit = "∞" if config.daily_token_limit is None else f"{config.daily_token_limit:,}"
+        if config.daily_token_limit is None and config.monthly_token_limit is None:
+            return f"— / {limit}"  # without a limit, tokens are not counted per window (see the usage statistics)
+        return f"{getattr(config, 'tokens_used_today', 0):,} / {limit}"
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        # Today's token counters of the page's configs in one query, through the reverse relation of the usage
+        # app's TokenCounter, so that providers still imports nothing from usage.
+        configs = list(changelist.result_list)
+        today = timezone.localdate(timezone=timezone.get_default_timezone())
+        used = dict(
+            ProviderConfig.objects.filter(
+                pk__in=[config.pk for config in configs],
+                token_counters__period="day",
+                token_counters__window_start=today,
+            ).values_list("pk", "token_counters__used")
+        )
+        for config in configs:
+            config.tokens_used_today = used.get(config.pk, 0)
+        return changelist
 
     @admin.display(description="API key")
     def masked_key(self, config: ProviderConfig) -> str:

@@ -30,8 +30,19 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from providers.clients.base import ErrorType, TokenUsage
-from usage.models import Outcome, Period, ProviderCooldown, TokenCounter, TokenReservation, UsageRecord
+from usage.alerts import budget_crossings_record
+from usage.metrics import attempt_observe
+from usage.models import (
+    BudgetPolicy,
+    Outcome,
+    Period,
+    ProviderCooldown,
+    TokenCounter,
+    TokenReservation,
+    UsageRecord,
+)
 from usage.pricing import price_quote
+from usage.rollups import rollup_add, rollups_enabled
 
 if TYPE_CHECKING:
     from providers.models import ProviderConfig
@@ -60,13 +71,21 @@ _COUNTER_CREATE = (
     "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
     "VALUES (%s, %s, %s, 0, 0) ON CONFLICT DO NOTHING"
 )
-_COUNTER_SETTLE = "UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s WHERE id = %s"
+# Settling returns what budget alerts need (usage.alerts.budget_crossings_record): the new total, and the config's
+# own alert thresholds (NULL without a BudgetPolicy) from the same statement, so no extra round trip.
+_COUNTER_SETTLE = (
+    "UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s WHERE id = %s "
+    "RETURNING period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
+    "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
+)
 _COUNTER_RELEASE = "UPDATE usage_tokencounter SET reserved = reserved - %s WHERE id = %s"
 _COUNTER_ADD_USED = (
     "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
     "VALUES (%s, %s, %s, %s, 0) "
     "ON CONFLICT (provider_config_id, period, window_start) "
-    "DO UPDATE SET used = usage_tokencounter.used + excluded.used"
+    "DO UPDATE SET used = usage_tokencounter.used + excluded.used "
+    "RETURNING period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
+    "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
 )
 _RESERVATION_CREATE = (
     "INSERT INTO usage_tokenreservation (provider_config_id, day_counter_id, month_counter_id, tokens, expires_at) "
@@ -95,6 +114,7 @@ HAND_WRITTEN_SQL_TABLES = {
     "usage_tokencounter": TokenCounter,
     "usage_tokenreservation": TokenReservation,
     "usage_providercooldown": ProviderCooldown,
+    "usage_budgetpolicy": BudgetPolicy,
 }
 
 _PERIOD_WORDS = {Period.DAY: "daily", Period.MONTH: "monthly"}
@@ -303,7 +323,8 @@ def attempt_record(
     the count read with the candidates (`configs_with_cooldown`), and a success with 0 skips the reset query.
 
     Queries: one INSERT when there is nothing to settle or note; with a reservation, one transaction of
-    DELETE, two UPDATEs and the INSERT (plus one statement for health when needed).
+    DELETE, two UPDATEs and the INSERT (plus one statement for health when needed). With USAGE_ROLLUPS_ENABLED
+    (the default), always a transaction, ending with the two rollup upserts of `usage.rollups.rollup_add`.
     """
     outcome = Outcome(outcome)
     error_type = ErrorType(error_type).value if error_type else ""
@@ -335,31 +356,37 @@ def attempt_record(
         latency_ms=max(int(latency_ms), 0),
         streamed=streamed,
     )
+    attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
     total = usage.total_tokens
     count_without_reservation = reservation is None and total > 0 and _has_limits(config)
     health = _health_change(config, outcome, error_type, known_failures)
-    if reservation is None and not count_without_reservation and health is None:
+    if reservation is None and not count_without_reservation and health is None and not rollups_enabled():
         record.save(force_insert=True)  # a single statement needs no transaction of its own
         return record
 
     with transaction.atomic():
         with connection.cursor() as cursor:
+            counters: list[tuple] = []  # what _COUNTER_SETTLE or _COUNTER_ADD_USED returned for each window
             if reservation is not None:
                 cursor.execute(_RESERVATION_CLAIM, [reservation.id])
                 if cursor.rowcount == 1:
-                    cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, reservation.month_counter_id])
-                    cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, reservation.day_counter_id])
+                    for counter_id in (reservation.month_counter_id, reservation.day_counter_id):
+                        cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, counter_id])
+                        counters.append(cursor.fetchone())
                 elif total:
                     # Expired and released by a sweep: the tokens were still spent.
-                    _used_add(cursor, reservation.config_id, total, Windows.at(now))
+                    counters = _used_add(cursor, reservation.config_id, total, Windows.at(now))
             elif count_without_reservation:
-                _used_add(cursor, config.pk, total, Windows.at(now))
+                counters = _used_add(cursor, config.pk, total, Windows.at(now))
+            budget_crossings_record(config=config, counters=counters, tokens=total)
 
             if health == "reset":
                 cursor.execute(_COOLDOWN_RESET, [config.pk])
             elif health == "failure":
                 _failure_note(cursor, config.pk, error_type, now)
         record.save(force_insert=True)
+        # Last, so the rollup rows every concurrent call of this bucket updates stay locked only for the commit.
+        rollup_add(record=record)
     return record
 
 
@@ -375,9 +402,12 @@ def _health_change(
     return None
 
 
-def _used_add(cursor, config_id: int, tokens: int, windows: Windows) -> None:
+def _used_add(cursor, config_id: int, tokens: int, windows: Windows) -> list[tuple]:
+    counters = []
     for period in (Period.MONTH, Period.DAY):
         cursor.execute(_COUNTER_ADD_USED, [config_id, period, _db_date(windows.start(period)), tokens])
+        counters.append(cursor.fetchone())
+    return counters
 
 
 def provider_failure_note(*, config_id: int, error_type: str, now: datetime | None = None) -> int:

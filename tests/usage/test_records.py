@@ -180,14 +180,25 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
         record(config=config, reservation=reservation, usage=TokenUsage(input_tokens=100, output_tokens=10))
 
     sql = [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
-    # claim the reservation, settle month and day, reset a failure count (a no-op here), insert the row
-    assert [statement.split()[0] for statement in sql] == ["DELETE", "UPDATE", "UPDATE", "UPDATE", "INSERT"], sql
+    # claim the reservation, settle month and day, reset a failure count (a no-op here), insert the row, and add
+    # it to the daily and the daily-by-user rollups
+    assert [statement.split()[0] for statement in sql] == [
+        "DELETE", "UPDATE", "UPDATE", "UPDATE", "INSERT", "INSERT", "INSERT"
+    ], sql  # fmt: skip
     assert not ProviderCooldown.objects.exists()
 
 
-def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_a_single_insert(provider_config):
+def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_only_inserts(provider_config, settings):
     config = provider_config(provider_type="openai", model_name="gpt-4o")
 
+    with CaptureQueriesContext(connection) as context:
+        record(config=config, usage=TokenUsage(input_tokens=100, output_tokens=10), known_failures=0)
+
+    sql = [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
+    # the row, then its two rollup upserts (in one transaction: see tests/usage/test_rollups.py)
+    assert [statement.split()[0] for statement in sql] == ["INSERT", "INSERT", "INSERT"], sql
+
+    settings.USAGE_ROLLUPS_ENABLED = False
     with CaptureQueriesContext(connection) as context:
         record(config=config, usage=TokenUsage(input_tokens=100, output_tokens=10), known_failures=0)
 
@@ -202,4 +213,11 @@ def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provid
         record(config=config, reservation=reservation, usage=TokenUsage(100, 10), known_failures=0)
 
     sql = [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
-    assert [statement.split()[0] for statement in sql] == ["DELETE", "UPDATE", "UPDATE", "INSERT"], sql
+    assert [statement.split()[0] for statement in sql] == [
+        "DELETE",
+        "UPDATE",
+        "UPDATE",
+        "INSERT",
+        "INSERT",
+        "INSERT",
+    ], sql

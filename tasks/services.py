@@ -1,0 +1,149 @@
+"""The database work of one task request, in three sync functions the async views run in the thread pool.
+
+    request_prepare  authenticate, read the input, load the candidate configs with their cooldowns, and
+                     reserve tokens for the first candidate
+    tokens_hold      reserve tokens for a fallback candidate (nothing to do for configs without limits)
+    attempt_finish   settle the reservation and record the attempt, costed (one per provider attempt)
+
+So a request the first candidate serves makes two trips to the thread pool: prepare, then record.
+
+Each runs with `sync_to_async(..., thread_sensitive=False)` in the event loop's thread pool, where every thread
+keeps its own persistent connection; each starts by closing that connection if it is broken or past
+CONN_MAX_AGE, the request_started/finished signals' job for code outside the request thread. None of them holds
+a transaction or a connection across a provider call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.db import close_old_connections
+from django.middleware.csrf import CsrfViewMiddleware
+
+from aditus.authentication import InvalidBearerToken, bearer_token_user
+from providers.clients.base import GenerateRequest
+from providers.models import ProviderConfig
+from tasks.responses import TaskError
+from tasks.selectors import CandidateConfig, candidate_configs, estimate_tokens, weighted_order
+from usage.models import UsageRecord
+from usage.services import LimitExceeded, Reservation, attempt_record, tokens_reserve
+
+NOT_AUTHENTICATED = (
+    "Authentication required: send 'Authorization: Bearer <token>' (a token from /api/v1/auth/token), "
+    "or sign in for a session."
+)
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's own CSRF check, answering with the reason instead of a 403 page (as DRF does for sessions)."""
+
+    def _reject(self, request, reason):
+        return reason
+
+
+def _no_response(request):  # CsrfViewMiddleware needs a get_response; the check never calls it
+    return None
+
+
+def _csrf_view():  # any callable without `csrf_exempt`: the check reads only that attribute
+    return None
+
+
+_csrf_check = _CsrfCheck(_no_response)
+
+
+def request_user(request):
+    """Return the request's user by bearer token, else by session; raise TaskError 401/403 otherwise.
+
+    Session users must pass Django's CSRF check: the views are csrf_exempt so that bearer-token clients
+    need no CSRF token, and check it here for the session case.
+    """
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if header:
+        try:
+            found = bearer_token_user(header)
+        except InvalidBearerToken as error:
+            raise TaskError(
+                401, "invalid_token", str(error), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ) from None
+        if found is not None:
+            return found[0]
+    user = get_user(request)  # the session, loaded only if the request has a session cookie
+    if not user.is_authenticated:
+        raise TaskError(401, "not_authenticated", NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    _csrf_check.process_request(request)
+    reason = _csrf_check.process_view(request, _csrf_view, (), {})
+    if reason:
+        raise TaskError(403, "csrf_failed", f"CSRF check failed for this session request: {reason}.")
+    return user
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request ready for the router: who asked, the input, the provider request, and the candidates."""
+
+    user_id: int
+    input: Any
+    provider_request: GenerateRequest
+    stream: bool
+    ready: list[CandidateConfig]  # not cooling down, in the order to try them (priority, then weighted)
+    cooling: list[CandidateConfig]
+    over_limit: list[LimitExceeded] = field(default_factory=list)  # skipped while reserving for the first
+    first_reservation: Reservation | None = None  # for ready[0], when it has limits
+
+
+def request_prepare(
+    *, request, task: str, read_input: Callable[[Any], Any], build: Callable[[Any], tuple[GenerateRequest, bool]]
+) -> Prepared:
+    """Authenticate, read and check the input, load the task's candidates and reserve tokens for the first one.
+
+    Queries: the bearer token (one, plus a write once a minute) or the session (two), the candidates (one), and
+    the reservation when the first candidate has limits (one transaction, see `usage.services.tokens_reserve`).
+    """
+    close_old_connections()
+    user = request_user(request)
+    value = read_input(request)
+    provider_request, stream = build(value)
+    candidates = candidate_configs(task)
+    prepared = Prepared(
+        user_id=user.pk,
+        input=value,
+        provider_request=provider_request,
+        stream=stream,
+        ready=weighted_order([candidate for candidate in candidates if candidate.cooling_until is None]),
+        cooling=[candidate for candidate in candidates if candidate.cooling_until is not None],
+    )
+    # Reserving here saves the router a trip to the thread pool in the common case.
+    estimate = estimate_tokens(provider_request, settings.TASK_IMAGE_TOKEN_ALLOWANCE)
+    while prepared.ready:
+        config = prepared.ready[0].config
+        try:
+            prepared.first_reservation = tokens_reserve(config=config, tokens=estimate)
+            break
+        except LimitExceeded as refusal:
+            prepared.over_limit.append(refusal)
+            prepared.ready.pop(0)
+    return prepared
+
+
+def tokens_hold(*, config: ProviderConfig, tokens: int) -> Reservation | None:
+    """Reserve `tokens` against the config's limits; raises `usage.services.LimitExceeded`."""
+    close_old_connections()
+    return tokens_reserve(config=config, tokens=tokens)
+
+
+def attempt_finish(**record: Any) -> UsageRecord:
+    """Record one attempt (see `usage.services.attempt_record`, which also notes the config's health)."""
+    close_old_connections()
+    return attempt_record(**record)
+
+
+# The async faces of the three, built once.
+request_prepare_async = sync_to_async(request_prepare, thread_sensitive=False)
+tokens_hold_async = sync_to_async(tokens_hold, thread_sensitive=False)
+attempt_finish_async = sync_to_async(attempt_finish, thread_sensitive=False)

@@ -1,0 +1,374 @@
+"""The "Usage statistics" admin page: a table per provider, token use against limits, and charts, or the table as CSV.
+
+Every number of the table and the charts comes from one `usage.selectors.usage_stats` call (the rollups, so
+the page costs the same at ten thousand usage rows or ten million) and is regrouped in memory; the limit bars
+read the token counters of all configs in one query. So the page makes the same few queries whatever the
+range, the data or the number of configs, and shows what the stats API answers for the same range.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.safestring import SafeString
+
+from providers.clients.base import ProviderType
+from providers.models import ProviderConfig
+from usage.charts import Series, line_chart, stacked_bar_chart
+from usage.models import Period, TokenCounter, UsageRecord
+from usage.selectors import DateRange, UsageGroup, UsageStats, usage_stats
+from usage.services import Windows, window_resets_at
+
+RANGES = (7, 30, 90)
+DEFAULT_DAYS = 30
+CSV_COLUMNS = (
+    "provider",
+    "calls",
+    "successes",
+    "errors",
+    "success_rate",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "avg_latency_ms",
+    "p95_latency_ms",
+)
+PROVIDER_NAMES = {
+    ProviderType.OPENAI: "OpenAI",
+    ProviderType.CLAUDE: "Anthropic Claude",
+    ProviderType.GEMINI: "Google Gemini",
+}
+CHART_TITLES = {
+    "chart-cost": "Cost per day by provider (USD)",
+    "chart-calls": "Calls and errors per day",
+    "chart-latency": "Latency per day (ms)",
+}
+CENT = Decimal("0.01")
+SHOWN_COST_PLACES = Decimal("0.0001")
+# A limit bar turns amber, then red, as the window fills (the default budget-alert thresholds' first and last).
+WARN_PERCENT, FULL_PERCENT = 80, 100
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    """A line of the provider table, with its figures formatted for the page."""
+
+    provider: str  # the provider type, as the stats API's `group_by=provider` keys it; "" for the totals
+    name: str
+    usage: UsageGroup
+
+    @property
+    def calls(self) -> str:
+        return format_count(self.usage.calls)
+
+    @property
+    def tokens(self) -> str:
+        return format_count(self.usage.total_tokens)
+
+    @property
+    def tokens_detail(self) -> str:
+        return f"{self.usage.input_tokens:,} in, {self.usage.output_tokens:,} out"
+
+    @property
+    def cost(self) -> str:
+        return format_usd(self.usage.cost_usd)
+
+    @property
+    def cost_exact(self) -> str:
+        """The cost as the stats API writes it: a plain decimal string to 1e-10 USD."""
+        return f"{self.usage.cost_usd:f}"
+
+    @property
+    def success_rate(self) -> str:
+        rate = self.usage.success_rate
+        return "—" if rate is None else f"{Decimal(str(rate)) * 100:.2f}%"
+
+    @property
+    def errors_detail(self) -> str:
+        """Failures by kind, e.g. "timeout: 2, rate limited: 1"; empty without any."""
+        kinds = sorted(self.usage.errors_by_type.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{kind.replace('_', ' ')}: {count:,}" for kind, count in kinds if count)
+
+    @property
+    def avg_latency(self) -> str:
+        average = self.usage.avg_latency_ms
+        return "—" if average is None else f"{average:,.1f} ms"
+
+    @property
+    def p95_latency(self) -> str:
+        p95 = self.usage.p95_latency_ms
+        return "—" if p95 is None else f"{p95:,} ms"
+
+
+@dataclass(frozen=True)
+class WindowUse:
+    """Tokens used (and held by calls in flight) in one window of one config, against its limit."""
+
+    period: str
+    used: int
+    reserved: int
+    limit: int | None
+    resets_at: datetime
+
+    @property
+    def percent(self) -> int | None:
+        if self.limit is None:
+            return None
+        return self.used * 100 // self.limit if self.limit else 100  # a limit of 0 stops every call
+
+    @property
+    def used_width(self) -> Decimal:
+        """The share of the bar the used tokens fill, in percent (0-100, 2 places)."""
+        return _bar_share(self.used, self.limit)
+
+    @property
+    def reserved_width(self) -> Decimal:
+        return min(_bar_share(self.reserved, self.limit), Decimal(100) - self.used_width)
+
+    @property
+    def level(self) -> str:
+        percent = self.percent
+        if percent is None:
+            return "unlimited"
+        return "full" if percent >= FULL_PERCENT else "warn" if percent >= WARN_PERCENT else "ok"
+
+    @property
+    def text(self) -> str:
+        limit = "∞" if self.limit is None else f"{self.limit:,}"
+        return f"{self.used:,} / {limit}"
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    svg: SafeString
+
+
+@dataclass(frozen=True)
+class ConfigLimits:
+    config: ProviderConfig
+    day: WindowUse
+    month: WindowUse
+
+    @property
+    def windows(self) -> tuple[WindowUse, WindowUse]:
+        return (self.day, self.month)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the counters count this config's tokens: only while it has a limit (usage.services)."""
+        return self.day.limit is not None or self.month.limit is not None
+
+
+# The view ---------------------------------------------------------------------------------------------------
+
+
+def dashboard_view(request, *, model_admin):
+    """Render the page, or with `?format=csv` the provider table as CSV. Needs view permission on usage records."""
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    days = _days(request)
+    period = DateRange.last(days=days)
+    stats = usage_stats(period=period, group_by=["day", "provider"])
+    rows = provider_rows(stats)
+    if request.GET.get("format") == "csv":
+        return table_csv(rows, period=period)
+
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Usage statistics",
+        "opts": UsageRecord._meta,
+        "app_label": UsageRecord._meta.app_label,
+        "days": days,
+        "ranges": RANGES,
+        "period": period,
+        "time_zone": timezone.get_default_timezone_name(),
+        "rows": rows,
+        "totals": ProviderRow(provider="", name="All providers", usage=stats.totals),
+        "limits": config_limits(),
+        "charts": charts(stats) if stats.totals.calls else [],
+    }
+    return TemplateResponse(request, "admin/usage/dashboard.html", context)
+
+
+def _days(request) -> int:
+    value = request.GET.get("days")
+    if value is None:
+        return DEFAULT_DAYS
+    if value.isdigit() and int(value) in RANGES:
+        return int(value)
+    choices = ", ".join(map(str, RANGES))
+    messages.warning(
+        request, f"There is no {value[:20]!r}-day range; showing the last {DEFAULT_DAYS} days (choose {choices})."
+    )
+    return DEFAULT_DAYS
+
+
+# What the page shows ----------------------------------------------------------------------------------------
+
+
+def provider_rows(stats: UsageStats) -> list[ProviderRow]:
+    """A row per provider type that had calls in the range, in the selectors' order."""
+    return [
+        ProviderRow(provider=group.key["provider"], name=provider_name(group.key["provider"]), usage=group)
+        for group in stats.regroup(["provider"])
+    ]
+
+
+def provider_name(provider_type: str) -> str:
+    return PROVIDER_NAMES.get(provider_type, provider_type)
+
+
+def config_limits(*, now: datetime | None = None) -> list[ConfigLimits]:
+    """Today's and this month's tokens of every config against its limits. Two queries, whatever the count.
+
+    The same figures as `usage.services.usage_for_config`, which makes a query per config.
+    """
+    windows = Windows.at(now or timezone.now())
+    configs = list(ProviderConfig.objects.order_by("-is_active", "priority", "display_name"))
+    counters = {
+        (counter.provider_config_id, counter.period): counter
+        for counter in TokenCounter.objects.filter(
+            provider_config__in=[config.pk for config in configs],
+            period__in=[Period.DAY, Period.MONTH],
+            window_start__in=[windows.day, windows.month],
+        )
+        # A day counter of the 1st would also match the month's start date; keep each period's own window.
+        if counter.window_start == windows.start(counter.period)
+    }
+
+    def use(config: ProviderConfig, period: str, limit: int | None) -> WindowUse:
+        counter = counters.get((config.pk, period))
+        return WindowUse(
+            period=period,
+            used=counter.used if counter else 0,
+            reserved=counter.reserved if counter else 0,
+            limit=limit,
+            resets_at=window_resets_at(period, windows.start(period)),
+        )
+
+    return [
+        ConfigLimits(
+            config=config,
+            day=use(config, Period.DAY, config.daily_token_limit),
+            month=use(config, Period.MONTH, config.monthly_token_limit),
+        )
+        for config in configs
+    ]
+
+
+def charts(stats: UsageStats) -> list[Chart]:
+    """Cost per day by provider, calls and errors per day, latency per day: SVG, from `stats` without a query."""
+    days = stats.days()
+    labels = [f"{day:%b} {day.day}" for day in days]
+    cost: dict[str, dict[date, Decimal]] = {}
+    for group in stats.groups:
+        cost.setdefault(group.key["provider"], {})[group.key["day"]] = group.cost_usd
+    per_day = {group.key["day"]: group for group in stats.regroup(["day"])}
+    empty = UsageGroup(key={})
+    daily = [per_day.get(day, empty) for day in days]
+    span = f"{days[0]:%Y-%m-%d} to {days[-1]:%Y-%m-%d}"
+    svgs = [
+        stacked_bar_chart(
+            chart_id="chart-cost",
+            title=CHART_TITLES["chart-cost"],
+            description=f"Daily cost of the priced calls, stacked by provider, {span}.",
+            x_labels=labels,
+            series=[
+                Series(provider_name(provider), [by_day.get(day, 0) for day in days])
+                for provider, by_day in sorted(cost.items())  # the table's order
+            ],
+            value_format=format_usd,
+        ),
+        line_chart(
+            chart_id="chart-calls",
+            title=CHART_TITLES["chart-calls"],
+            description=f"Provider calls per day, and those that did not succeed, {span}.",
+            x_labels=labels,
+            series=[Series("Calls", [g.calls for g in daily]), Series("Errors", [g.errors for g in daily])],
+            value_format=format_count,
+            whole=True,
+        ),
+        line_chart(
+            chart_id="chart-latency",
+            title=CHART_TITLES["chart-latency"],
+            description=f"Average and 95th-percentile latency of the calls of each day, {span}; gaps: no calls.",
+            x_labels=labels,
+            series=[
+                Series("Average", [g.avg_latency_ms for g in daily]),
+                Series("95th percentile", [g.p95_latency_ms for g in daily], dashed=True),
+            ],
+            value_format=format_ms,
+            whole=True,
+        ),
+    ]
+    return [Chart(title=CHART_TITLES[svg_id], svg=svg) for svg_id, svg in zip(CHART_TITLES, svgs, strict=True)]
+
+
+def table_csv(rows: Sequence[ProviderRow], *, period: DateRange) -> HttpResponse:
+    """The provider table as CSV: exact figures, cost as a decimal string, a rate as a fraction."""
+    filename = f"usage-by-provider-{period.start:%Y-%m-%d}-to-{period.end:%Y-%m-%d}.csv"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        usage = row.usage
+        writer.writerow(
+            [
+                row.provider,
+                usage.calls,
+                usage.successes,
+                usage.errors,
+                _blank_if_none(usage.success_rate),
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.total_tokens,
+                row.cost_exact,
+                usage.unpriced_calls,
+                _blank_if_none(usage.avg_latency_ms),
+                _blank_if_none(usage.p95_latency_ms),
+            ]
+        )
+    return response
+
+
+# Formats the template and the charts share -----------------------------------------------------------------
+
+
+def format_usd(value) -> str:
+    """Dollars to cents, or to 4 places under a dollar so that the small costs of a test or a quiet day show."""
+    value = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    places = CENT if value >= 1 or value == 0 else SHOWN_COST_PLACES
+    return f"${value.quantize(places, rounding=ROUND_HALF_UP):,}"
+
+
+def format_count(value) -> str:
+    return f"{int(value):,}"
+
+
+def format_ms(value) -> str:
+    return f"{int(round(value)):,} ms"
+
+
+def _bar_share(part: int, whole: int | None) -> Decimal:
+    if whole is None:
+        return Decimal(0)
+    if whole == 0:
+        return Decimal(100)  # a limit of 0: full from the start
+    return min(Decimal(part * 100) / whole, Decimal(100)).quantize(CENT)
+
+
+def _blank_if_none(value) -> object:
+    return "" if value is None else value
