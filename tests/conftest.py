@@ -4,6 +4,8 @@ import django
 import pytest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aditus.settings")
+# The suite runs with development defaults (no https redirect, static files found in the apps).
+os.environ.setdefault("DEBUG", "1")
 # The fixture modules below import models, so Django must be set up before pytest-django would do it.
 django.setup()
 
