@@ -15,7 +15,7 @@ counters, so the names a scraper sees are:
     ai_provider_config_token_limit{...}                                 gauge, for each limit that is set
     ai_provider_config_token_limit_ratio{...}                           gauge, used / limit (1 = at the limit)
 
-`provider` is the provider type (openai, anthropic, gemini); `outcome` is success, error, aborted or
+`provider` is the provider type (openai, claude, gemini); `outcome` is success, error, aborted or
 invalid_output. There is no user label, to keep the number of series small.
 
 The counters and the histogram are counted in each process as attempts are recorded. Under several worker
