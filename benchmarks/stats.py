@@ -476,6 +476,9 @@ class Measure:
     def verdict(self) -> str:
         if self.bar_ms is None:
             return "(no bar)"
+        if not self.how.startswith("HTTP"):
+            # The bars are for the real server; the in-process times show what the server and HTTP add.
+            return "(reference)"
         return "PASS" if self.p95 <= self.bar_ms else "FAIL"
 
 
@@ -577,16 +580,12 @@ def render(report: Report, started: datetime, seconds: float) -> tuple[str, bool
         "PostgreSQL, the server and the client.",
         "",
     ]
-    bar_measures = [m for m in report.measures if m.bar_ms is not None]
+    bar_measures = [m for m in report.measures if m.bar_ms is not None and m.how.startswith("HTTP")]
     passed = all(m.verdict == "PASS" for m in bar_measures) and not report.notes
     lines += ["## Summary", ""]
     lines += table(
         ["Measure", "How", "p50 ms", "p95 ms", "Bar (p95)", "Result"],
-        [
-            [m.label, m.how, f"{m.p50:.1f}", f"{m.p95:.1f}", f"<= {m.bar_ms:.0f} ms", m.verdict]
-            for m in bar_measures
-            if m.how.startswith("HTTP")
-        ],
+        [[m.label, m.how, f"{m.p50:.1f}", f"{m.p95:.1f}", f"<= {m.bar_ms:.0f} ms", m.verdict] for m in bar_measures],
     )
     lines += [""] + [f"**{note}**" for note in report.notes] + [""]
     record = report.record.get("timings", {})
@@ -658,7 +657,12 @@ def render(report: Report, started: datetime, seconds: float) -> tuple[str, bool
         "depends on the range and the grouping, not on the size of the usage table. A 30-day query reads at most "
         "30 daily rows per (config, model, task); anything grouped or filtered by user reads the daily per-user "
         "rollup instead, which grows with the number of active users. HTTP times are the client's, over one "
-        "keep-alive connection to one uvicorn process (DEBUG off), p95 by nearest rank.",
+        "keep-alive connection to one uvicorn process (DEBUG off), p95 by nearest rank. The bars judge the "
+        "HTTP times; the in-process rows are for reference. Most of the difference between the two (10-15 ms) is a "
+        "new PostgreSQL connection per request: under uvicorn each request of a sync view runs in a thread of its "
+        "own, so CONN_MAX_AGE cannot keep a connection between requests. Occasional outliers of 40-150 ms in both are "
+        "Python's full garbage collections (a `gc.collect()` in a process with Django loaded takes about 40 ms "
+        "here), which fall on whichever request allocates past the threshold.",
         "",
     ]
     return "\n".join(lines), passed

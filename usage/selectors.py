@@ -257,7 +257,8 @@ def usage_stats(
     """Sum the usage of `period` by the `group_by` dimensions, filtered; see the module docstring.
 
     One query on the rollups, plus one for config names when grouping by config and one for usernames when
-    grouping by user. Groups come ordered by day, then the other dimensions (configs and users by id).
+    grouping by user. Groups come ordered by the dimensions in the order given (configs and users by id, the
+    environment fallback and calls without a user first).
     """
     group_by = tuple(dict.fromkeys(group_by))  # unique, in the order given
     unknown = set(group_by) - set(DIMENSIONS)

@@ -191,6 +191,7 @@ def test_rollups_equal_the_raw_aggregates_after_many_varied_calls(mixed_configs,
 def test_every_failure_kind_and_latency_bucket_is_counted_where_it_belongs(provider_config):
     config = provider_config(provider_type="openai", model_name="gpt-4o")
     kinds = [("error", e.value) for e in ErrorType] + [("invalid_output", ""), ("aborted", ""), ("success", "")]
+    kinds.append(("error", ""))  # an error nobody classified
     for (outcome, error_type), latency in zip(kinds, LATENCIES, strict=False):
         attempt_record(
             reservation=None,
@@ -215,7 +216,7 @@ def test_every_failure_kind_and_latency_bucket_is_counted_where_it_belongs(provi
         **{e.value: 1 for e in ErrorType},
         "invalid_output": 1,
         "aborted": 1,
-        "other": 0,
+        "other": 1,
     }
     # 0, 1, 49 and 50 ms are at most 50; 51 and 100 in (50, 100]; 640 in (500, 750]; ...
     histogram = {field: getattr(row, field) for field in LATENCY_BUCKET_FIELDS if getattr(row, field)}
@@ -226,6 +227,7 @@ def test_every_failure_kind_and_latency_bucket_is_counted_where_it_belongs(provi
         "latency_le_3000": 2,
         "latency_le_60000": 2,
         "latency_le_300000": 1,
+        "latency_over_300000": 1,
     }
     assert row.latency_sum_ms == sum(LATENCIES[: len(kinds)])
 

@@ -4,6 +4,8 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -359,6 +361,29 @@ def test_an_empty_range_has_zero_totals_and_no_groups(superadmin_api_client, cal
 
     assert body["groups"] == []
     assert body["totals"] == numbers()
+
+
+def test_a_deleted_config_keeps_its_history_under_its_id(superadmin_api_client, calls):
+    gemini = calls["gemini"]
+    gemini_id = gemini.pk
+    gemini.delete()
+
+    body = get(superadmin_api_client, start=D1, end=D2, group_by="config")
+
+    assert [g["calls"] for g in body["groups"] if g["config"] == {"id": gemini_id, "name": None}] == [2]
+    assert body["totals"] == ALL_EIGHT
+
+
+def test_statistics_read_the_rollups_never_the_usage_rows(superadmin_api_client, calls):
+    with CaptureQueriesContext(connection) as context:
+        for group_by in ["", "provider", "config,day", "user,task,model"]:
+            get(superadmin_api_client, start=D1, end=D2, group_by=group_by)
+        get(superadmin_api_client, start=D1, end=D2, user="olivia")
+
+    sql = [query["sql"] for query in context.captured_queries]
+    assert not [statement for statement in sql if "usage_usagerecord" in statement]
+    assert len([statement for statement in sql if "usage_dailyrollup" in statement]) == 3
+    assert len([statement for statement in sql if "usage_dailyuserrollup" in statement]) == 2
 
 
 # Parameters ----------------------------------------------------------------------------------------------------
