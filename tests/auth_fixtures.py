@@ -120,3 +120,18 @@ def superadmin_session_client(superadmin, superadmin_device):
     session[DEVICE_ID_SESSION_KEY] = superadmin_device.persistent_id
     session.save()
     return client
+
+
+@pytest.fixture
+def outsiders(ordinary_user_token, superuser_without_otp, superuser_without_otp_token):
+    """Callers every super-admin endpoint must refuse, each with the status it must get."""
+    from rest_framework.test import APIClient
+
+    anonymous = APIClient()
+    ordinary = APIClient()
+    ordinary.credentials(HTTP_AUTHORIZATION=f"Bearer {ordinary_user_token}")
+    unverified_token = APIClient()
+    unverified_token.credentials(HTTP_AUTHORIZATION=f"Bearer {superuser_without_otp_token}")
+    unverified_session = APIClient()
+    unverified_session.force_login(superuser_without_otp)
+    return [(anonymous, 401), (ordinary, 403), (unverified_token, 403), (unverified_session, 403)]

@@ -6,7 +6,6 @@ from django.contrib.admin.models import ADDITION, DELETION, LogEntry
 from django.db import connection
 from rest_framework.test import APIClient
 
-from aditus.services import api_token_issue
 from providers.models import ProviderConfig
 
 pytestmark = pytest.mark.django_db
@@ -310,25 +309,6 @@ def test_no_response_log_record_or_log_entry_contains_the_key(admin_client, gemi
 
 
 # Who may call --------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def outsiders(ordinary_user, superuser_without_otp):
-    anonymous = APIClient()
-    ordinary = APIClient()
-    _, plaintext = api_token_issue(user=ordinary_user, otp_device=None)
-    ordinary.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    unverified_token = APIClient()
-    _, plaintext = api_token_issue(user=superuser_without_otp, otp_device=None)
-    unverified_token.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    unverified_session = APIClient(enforce_csrf_checks=False)
-    unverified_session.force_login(superuser_without_otp)
-    return [
-        (anonymous, 401),
-        (ordinary, 403),
-        (unverified_token, 403),
-        (unverified_session, 403),
-    ]
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from aditus.services import api_token_issue
 from providers.clients.base import TokenUsage
 from usage import services
 from usage.services import attempt_record
@@ -433,20 +431,6 @@ def test_group_by_may_be_repeated_and_duplicates_count_once(superadmin_api_clien
 
 
 # Who may ask ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def outsiders(ordinary_user, superuser_without_otp):
-    anonymous = APIClient()
-    ordinary = APIClient()
-    _, plaintext = api_token_issue(user=ordinary_user, otp_device=None)
-    ordinary.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    unverified_token = APIClient()
-    _, plaintext = api_token_issue(user=superuser_without_otp, otp_device=None)
-    unverified_token.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    unverified_session = APIClient()
-    unverified_session.force_login(superuser_without_otp)
-    return [(anonymous, 401), (ordinary, 403), (unverified_token, 403), (unverified_session, 403)]
 
 
 def test_it_refuses_outsiders_and_admits_a_verified_superadmin(
