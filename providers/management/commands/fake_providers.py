@@ -27,8 +27,13 @@ class Command(BaseCommand):
             f"  OpenAI     base_url={url}/openai/v1      keys sk-...\n"
             f"  Anthropic  base_url={url}/anthropic      keys sk-ant-...\n"
             f"  Gemini     base_url={url}/gemini         keys AIza...\n"
-            "  Directives in the key (sk-demo~fail=429~latency=250) or in the headers X-Fake-Fail, "
-            "X-Fake-Latency-Ms, X-Fake-Cached-Tokens."
+            "  Directives in the key (sk-demo~fail=429~latency=250) or in the headers:\n"
+            "    fail=<what>    X-Fake-Fail          400 | 429 | 500 | 503 | 529 | timeout | malformed | midstream\n"
+            "    latency=<ms>   X-Fake-Latency-Ms    wait before answering\n"
+            "    cached=<n>     X-Fake-Cached-Tokens report n cached input tokens\n"
+            "    output=<what>  X-Fake-Output        invalid | invalid-once: structured output that fails its schema\n"
+            "                                        (invalid-once: only the first request per key and schema)\n"
+            "    stall=<ms>     X-Fake-Stall-Ms      streams: send the first delta, then wait ms before the rest"
         )
         self.stdout.flush()
         try:

@@ -4,9 +4,10 @@ import argparse
 import logging
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
+from django.core.management.base import BaseCommand, CommandError
 
 from providers import services
+from providers.management.help_format import EpilogAsWrittenFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +25,6 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return number
-
-
-class EpilogAsWrittenFormatter(DjangoHelpFormatter):
-    """Wrap the one-paragraph description as usual; print the multi-line epilog as written."""
-
-    def _fill_text(self, text, width, indent):
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 class Command(BaseCommand):

@@ -1,10 +1,11 @@
 """Create or update provider configs from a YAML file, idempotently, matched by display name."""
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from providers import services
+from providers.management.help_format import EpilogAsWrittenFormatter
 from providers.seeding import SeedError, seed_file_read, seed_plan
 
 EPILOG = """\
@@ -24,15 +25,6 @@ Other fields: base_url, is_active, monthly_token_limit, input_price_per_million,
 request_timeout_seconds. A field left out keeps its stored value on an update (write null to clear a limit).
 The whole file is validated first; if any entry is invalid nothing is written. Every change is audited.
 """
-
-
-class EpilogAsWrittenFormatter(DjangoHelpFormatter):
-    """Wrap the one-paragraph description as usual; print the multi-line epilog as written."""
-
-    def _fill_text(self, text, width, indent):
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 class Command(BaseCommand):
