@@ -9,8 +9,8 @@ against it given only a base URL and a key:
 
 Run it with `manage.py fake_providers`, or in-process with `FakeProviderServer` (a context manager; the
 `fake_providers` pytest fixture in tests/fake_fixtures.py wraps one). What makes a key valid and the
-behaviour directives (latency, failures, cached tokens) are in `behaviour`; the token formula and reply text
-in `generation`; the known models in `catalogue`.
+behaviour directives (latency, failures, cached tokens, structured output that fails its schema, stalled
+streams) are in `behaviour`; the token formula and reply text in `generation`; the known models in `catalogue`.
 """
 
 from .app import build_app

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import Directives, KeyCheck, check_key, hold_open
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open
 from .catalogue import ANTHROPIC_LISTED, ANTHROPIC_MODELS
 from .generation import (
     ANTHROPIC_URL_IMAGE_TOKENS,
@@ -32,7 +32,7 @@ from .generation import (
     truncate,
 )
 from .generation import cached_tokens as cap_cached
-from .schema_instance import instance_from_schema
+from .schema_instance import instance_from_schema, invalid_instance_from_schema
 from .wire import (
     CLIENT_MAX_SIZE,
     EVENT_STREAM,
@@ -95,6 +95,8 @@ async def _failure(request: web.Request, fail: str | None, stream: bool) -> web.
     """Answer with the injected failure, or return None to answer normally (also for `midstream`)."""
     if fail is None or fail == "midstream":
         return None
+    if fail == "400":
+        return error(400, "invalid_request_error", "prompt is too long: 200001 tokens > 200000 maximum")
     if fail == "429":
         return error(
             429,
@@ -251,9 +253,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return error(404, "not_found_error", f"model: {model}")
 
     input_tokens, images, prompt = count_input(body)
+    seen, key = request.config_dict[SEEN_ONCE], _key(request)
+
+    def structured(schema: Any) -> Any:
+        if directives.invalid_output(seen, key, schema):
+            return invalid_instance_from_schema(schema)
+        return instance_from_schema(schema)
+
     tool = _forced_tool(body)
     if tool is not None:
-        tool_input = instance_from_schema(tool.get("input_schema") or {"type": "object"})
+        tool_input = structured(tool.get("input_schema") or {"type": "object"})
         block = {
             "type": "tool_use",
             "id": f"toolu_01{random_id(22)}",
@@ -263,7 +272,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         text, stop_reason = json_text(tool_input), "tool_use"
     else:
         schema = _schema(body)
-        full = json_text(instance_from_schema(schema)) if schema is not None else reply_text(model, prompt, images)
+        full = json_text(structured(schema)) if schema is not None else reply_text(model, prompt, images)
         text, cut = truncate(full, body["max_tokens"])
         block = {"type": "text", "text": text}
         stop_reason = "max_tokens" if cut else "end_turn"
@@ -281,7 +290,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     }
     midstream = directives.fail == "midstream"
     if body.get("stream") is True:
-        return await _stream(request, message, text, midstream=midstream)
+        return await _stream(request, message, text, midstream=midstream, directives=directives)
     if midstream:
         await send_half(request, dumps(message), JSON, _headers())
     return respond(dumps(message), headers=_headers())
@@ -294,7 +303,9 @@ def _event(name: str, data: dict, padding: int = 0) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + encoded + b"\n\n"
 
 
-async def _stream(request: web.Request, message: dict, text: str, *, midstream: bool) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, message: dict, text: str, *, midstream: bool, directives: Directives
+) -> web.StreamResponse:
     block = message["content"][0]
     counted = message["usage"]
     start = {
@@ -341,12 +352,13 @@ async def _stream(request: web.Request, message: dict, text: str, *, midstream: 
         _event("message_stop", {"type": "message_stop"}, 3),
     ]
     response = await open_stream(request, EVENT_STREAM, _headers())
-    if midstream:
-        for event in events[: 3 + max(1, len(deltas) // 2)]:
-            await response.write(event)
-        drop(request)
-    for event in events:
+    cut = 3 + max(1, len(deltas) // 2) if midstream else None
+    for number, event in enumerate(events[:cut]):
         await response.write(event)
+        if number == 3:  # message_start, content_block_start and ping, then the first delta
+            await directives.stall()
+    if midstream:
+        drop(request)
     await response.write_eof()
     return response
 
@@ -419,6 +431,7 @@ async def unknown_route(request: web.Request) -> web.Response:
 
 def build_app() -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[SEEN_ONCE] = SeenOnce()
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models, allow_head=False)

@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import Directives, KeyCheck, check_key, hold_open
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open
 from .catalogue import GEMINI_MODELS
 from .generation import GEMINI_IMAGE_TOKENS, json_text, reply_text, stream_pieces, text_tokens, truncate
 from .generation import cached_tokens as cap_cached
-from .schema_instance import instance_from_schema
+from .schema_instance import instance_from_schema, invalid_instance_from_schema
 from .wire import CLIENT_MAX_SIZE, drop, dumps, open_stream, random_id, read_json, respond, send_half
 
 KEY_PREFIX = "AIza"
@@ -102,6 +102,13 @@ async def _failure(request: web.Request, fail: str | None, sse: bool, streaming:
     """Answer with the injected failure, or return None to answer normally (also for `midstream`)."""
     if fail is None or fail == "midstream":
         return None
+    if fail == "400":
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576).",
+            sse=sse,
+        )
     if fail == "429":
         return error(
             429,
@@ -190,13 +197,17 @@ def usage_metadata(
     return metadata
 
 
-def _output_text(config: Any, model: str, prompt: str, images: int) -> str:
+def _output_text(
+    request: web.Request, directives: Directives, config: Any, model: str, prompt: str, images: int
+) -> str:
     mime = _field(config, "responseMimeType", "response_mime_type")
     if mime == "application/json":
         schema = _field(config, "responseJsonSchema", "response_json_schema")
         if schema is None:
             schema = _field(config, "responseSchema", "response_schema")
         if isinstance(schema, dict):
+            if directives.invalid_output(request.config_dict[SEEN_ONCE], _key(request), schema):
+                return json_text(invalid_instance_from_schema(schema))
             return json_text(instance_from_schema(schema))
         return json_text({"reply": reply_text(model, prompt, images)})
     return reply_text(model, prompt, images)
@@ -254,7 +265,7 @@ async def model_action(request: web.Request) -> web.StreamResponse:
 
     input_tokens, images, prompt = count_input(body)
     config = _field(body, "generationConfig", "generation_config")
-    text, cut = truncate(_output_text(config, model, prompt, images), _limit(config))
+    text, cut = truncate(_output_text(request, directives, config, model, prompt, images), _limit(config))
     thinking = _thinks(entry, config)
     metadata = usage_metadata(input_tokens, images, text_tokens(text), thinking=thinking, cached=directives.cached)
     response_id = random_id(23)
@@ -280,15 +291,23 @@ async def model_action(request: web.Request) -> web.StreamResponse:
         body_bytes = b"[" + b"\n,\r\n".join(encoded) + b"\n]"
         if midstream:
             await send_half(request, body_bytes, JSON_UTF8, {})
-        return respond(body_bytes, content_type=JSON_UTF8)
+        if not directives.stall_ms:
+            return respond(body_bytes, content_type=JSON_UTF8)
+        response = await open_stream(request, JSON_UTF8)
+        await response.write(b"[" + encoded[0])
+        await directives.stall()
+        await response.write(b"".join(b"\n,\r\n" + element for element in encoded[1:]) + b"\n]")
+        await response.write_eof()
+        return response
     response = await open_stream(request, SSE)
     events = [b"data: " + dumps(chunk, compact=False) + b"\r\n\r\n" for chunk in chunks]
-    if midstream:
-        for event in events[: max(1, len(events) // 2)]:
-            await response.write(event)
-        drop(request)
-    for event in events:
+    cut = max(1, len(events) // 2) if midstream else None
+    for number, event in enumerate(events[:cut]):
         await response.write(event)
+        if number == 0:  # the first chunk carries the first delta
+            await directives.stall()
+    if midstream:
+        drop(request)
     await response.write_eof()
     return response
 
@@ -346,6 +365,7 @@ async def unknown_route(request: web.Request) -> web.Response:
 
 def build_app() -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[SEEN_ONCE] = SeenOnce()
     version = "{version:" + "|".join(VERSIONS) + "}"
     app.router.add_get(f"/{version}/models", list_models, allow_head=False)
     app.router.add_get(f"/{version}/models/{{name:[^/:]+}}", get_model, allow_head=False)

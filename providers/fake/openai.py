@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import Directives, KeyCheck, check_key, hold_open
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open
 from .catalogue import OPENAI_MODELS, OpenAIModel
 from .generation import (
     OPENAI_IMAGE_TOKENS,
@@ -24,7 +24,7 @@ from .generation import (
     truncate,
 )
 from .generation import cached_tokens as cap_cached
-from .schema_instance import instance_from_schema
+from .schema_instance import instance_from_schema, invalid_instance_from_schema
 from .wire import (
     CLIENT_MAX_SIZE,
     EVENT_STREAM,
@@ -40,6 +40,7 @@ from .wire import (
 )
 
 KEY_PREFIX = "sk-"
+CONTEXT_LENGTH = 128000
 SYSTEM_FINGERPRINT = "fp_fake0000a1"
 
 
@@ -160,6 +161,14 @@ async def _failure(request: web.Request, fail: str | None, model: str, stream: b
     """Answer with the injected failure, or return None to answer normally (also for `midstream`)."""
     if fail is None or fail == "midstream":
         return None
+    if fail == "400":
+        return error(
+            400,
+            f"This model's maximum context length is {CONTEXT_LENGTH} tokens. However, your messages resulted in "
+            f"{CONTEXT_LENGTH + 1} tokens. Please reduce the length of the messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if fail == "429":
         return error(
             429,
@@ -200,12 +209,15 @@ def _limit(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _output_text(body: dict, model: str, prompt: str, images: int) -> str:
+def _output_text(request: web.Request, directives: Directives, body: dict, model: str, prompt: str, images: int) -> str:
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         if response_format.get("type") == "json_schema":
             spec = response_format.get("json_schema") or {}
-            return json_text(instance_from_schema(spec.get("schema") or {}))
+            schema = spec.get("schema") or {}
+            if directives.invalid_output(request.config_dict[SEEN_ONCE], _key(request), schema):
+                return json_text(invalid_instance_from_schema(schema))
+            return json_text(instance_from_schema(schema))
         if response_format.get("type") == "json_object":
             return json_text({"reply": reply_text(model, prompt, images)})
     return reply_text(model, prompt, images)
@@ -248,7 +260,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
 
     input_tokens, images, prompt = count_input(body)
-    full_text = _output_text(body, model, prompt, images)
+    full_text = _output_text(request, directives, body, model, prompt, images)
     text, cut = truncate(full_text, _limit(body.get("max_completion_tokens")) or _limit(body.get("max_tokens")))
     finish = "length" if cut else "stop"
     counted = usage(input_tokens, text_tokens(text), reasoning=entry.reasoning, cached=directives.cached)
@@ -266,6 +278,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             finish,
             counted if include_usage else None,
             midstream=directives.fail == "midstream",
+            directives=directives,
         )
     answer = {
         "id": completion_id,
@@ -299,6 +312,7 @@ async def _stream(
     counted: dict | None,
     *,
     midstream: bool,
+    directives: Directives,
 ) -> web.StreamResponse:
     head = (
         f'{{"id":"{completion_id}","object":"chat.completion.chunk","created":{created},'
@@ -320,12 +334,13 @@ async def _stream(
     events.append(b"data: [DONE]\n\n")
 
     response = await open_stream(request, EVENT_STREAM, _headers())
-    if midstream:
-        for event in events[: 1 + max(1, len(pieces) // 2)]:
-            await response.write(event)
-        drop(request)
-    for event in events:
+    cut = 1 + max(1, len(pieces) // 2) if midstream else None
+    for number, event in enumerate(events[:cut]):
         await response.write(event)
+        if number == 1:  # the role chunk, then the first text delta
+            await directives.stall()
+    if midstream:
+        drop(request)
     await response.write_eof()
     return response
 
@@ -366,6 +381,7 @@ async def unknown_route(request: web.Request) -> web.Response:
 
 def build_app() -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[SEEN_ONCE] = SeenOnce()
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models, allow_head=False)
     app.router.add_get("/v1/models/{model}", retrieve_model, allow_head=False)

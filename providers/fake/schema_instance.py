@@ -13,6 +13,11 @@ description as a trailing `{minItems: 2, minimum: 3}`; like a real model, the fa
 
 Values: strings are "fake <property name>" (with " <n>" for the n-th array item), numbers start at 1
 (or the minimum), booleans are true, arrays have max(minItems, 1) items unless maxItems is lower.
+
+`invalid_instance_from_schema` builds the opposite, for the `output=invalid` directive: valid JSON that fails the
+schema, by giving each required property (every property when none is required) a value of a type it does not
+allow, the first of 5, "fake", true, [], {}, null that fits none of its types (a `{"title": "..."}` object with
+`title` a string gets `{"title": 5, ...}`). A schema that is not an object gets such a value itself.
 """
 
 from __future__ import annotations
@@ -45,6 +50,53 @@ _FORMATS = {
 def instance_from_schema(schema: Any) -> Any:
     """Return a value valid against `schema`."""
     return _Builder(schema).build(schema, "value", 0, 0)
+
+
+def invalid_instance_from_schema(schema: Any) -> Any:
+    """Return a JSON value that fails `schema` on the types of its required properties (see the module doc).
+    A schema that takes any value (`{}`, `true`) cannot be failed: it gets a valid instance."""
+    builder = _Builder(schema)
+    value = builder.build(schema, "value", 0, 0)
+    node = builder.flatten(schema)
+    if isinstance(value, dict) and node is not None:
+        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        names = [name for name in node.get("required") or [] if isinstance(name, str)] or list(properties)
+        broken = False
+        for name in names:
+            wrong = builder.wrong_value(properties.get(name, True))
+            if wrong is not _NO_VALUE:
+                value[name] = wrong
+                broken = True
+        if broken:
+            return value
+    wrong = builder.wrong_value(schema)
+    return value if wrong is _NO_VALUE else wrong
+
+
+_NO_VALUE = object()
+# A value of each JSON type, tried in this order for a value of the wrong type; with the types it has.
+_WRONG_VALUES: list[tuple[Any, frozenset[str]]] = [
+    (5, frozenset({"integer", "number"})),
+    ("fake", frozenset({"string"})),
+    (True, frozenset({"boolean"})),
+    ([], frozenset({"array"})),
+    ({}, frozenset({"object"})),
+    (None, frozenset({"null"})),
+]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 class _Builder:
@@ -80,6 +132,59 @@ class _Builder:
         if kind == "object":
             return self.object(schema, depth)
         return self.string(schema, key, index)
+
+    def flatten(self, schema: Any) -> dict | None:
+        """`schema` with its $ref resolved, its allOf merged and its fields camelCased; None for `true`."""
+        if not isinstance(schema, dict):
+            return None
+        schema = _with_described_constraints(_camel_case(self.resolve(schema)))
+        return self.merge(schema) if isinstance(schema.get("allOf"), list) else schema
+
+    def allowed_types(self, schema: Any, depth: int = 0) -> set[str] | None:
+        """The JSON types `schema` takes (integer counted as a number too), or None when it takes any."""
+        node = self.flatten(schema)
+        if node is None or depth > MAX_DEPTH:
+            return None
+        if "const" in node:
+            types = {_json_type(node["const"])}
+        elif isinstance(node.get("enum"), list) and node["enum"]:
+            types = {_json_type(value) for value in node["enum"]}
+        elif any(isinstance(node.get(name), list) and node[name] for name in ("anyOf", "oneOf")):
+            types = set()
+            for name in ("anyOf", "oneOf"):
+                for branch in node.get(name) or []:
+                    branch_types = self.allowed_types(branch, depth + 1)
+                    if branch_types is None:
+                        return None
+                    types |= branch_types
+        else:
+            declared = node.get("type")
+            names = declared if isinstance(declared, list) else [declared] if isinstance(declared, str) else []
+            types = {str(name).lower() for name in names} - {"type_unspecified", ""}
+            if not types:
+                if "properties" in node or "required" in node:
+                    types = {"object"}
+                elif "items" in node or "prefixItems" in node:
+                    types = {"array"}
+                else:
+                    return None
+        if node.get("nullable") is True:  # Gemini's OpenAPI dialect
+            types.add("null")
+        if "integer" in types:
+            types.add("number")
+        if "number" in types:
+            types.add("integer")
+        return types
+
+    def wrong_value(self, schema: Any) -> Any:
+        """A value of a type `schema` does not take, or _NO_VALUE when it takes any type."""
+        types = self.allowed_types(schema)
+        if types is None:
+            return _NO_VALUE
+        for value, value_types in _WRONG_VALUES:
+            if not value_types & types:
+                return value
+        return _NO_VALUE
 
     def resolve(self, schema: dict, seen: int = 0) -> dict:
         ref = schema.get("$ref")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import anthropic
 import httpx2
@@ -17,12 +18,14 @@ from django.core.management import CommandError, call_command
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from jsonschema import Draft202012Validator
 
 from providers.fake.anthropic import count_input as anthropic_input
+from providers.fake.behaviour import SeenOnce
 from providers.fake.gemini import count_input as gemini_input
-from providers.fake.generation import anthropic_image_tokens, reply_text, text_tokens
+from providers.fake.generation import anthropic_image_tokens, reply_text, stream_pieces, text_tokens
 from providers.fake.openai import count_input as openai_input
-from providers.fake.schema_instance import instance_from_schema
+from providers.fake.schema_instance import instance_from_schema, invalid_instance_from_schema
 from providers.fake.server import is_loopback
 from providers.management.commands import fake_providers as fake_providers_command
 
@@ -754,6 +757,34 @@ def test_fail_midstream_on_a_plain_request_cuts_the_body(fake_providers):
         chat(openai_client(fake_providers, key="sk-demo~fail=midstream"))
 
 
+def test_fail_400_gives_each_providers_invalid_request_error(fake_providers):
+    with pytest.raises(openai.BadRequestError) as from_openai:
+        chat(openai_client(fake_providers, key="sk-demo~fail=400"))
+    with pytest.raises(openai.BadRequestError) as from_openai_stream:
+        chat(openai_client(fake_providers, key="sk-demo~fail=400"), stream=True)
+    with pytest.raises(anthropic.BadRequestError) as from_anthropic:
+        claude(anthropic_client(fake_providers), extra_headers={"X-Fake-Fail": "400"})
+    with pytest.raises(genai_errors.ClientError) as from_gemini:
+        gemini_generate(fake_providers, key="AIzaDemo~fail=400", model="gemini-2.5-flash", contents=QUESTION)
+
+    for caught in (from_openai, from_openai_stream):
+        assert caught.value.status_code == 400
+        assert (caught.value.type, caught.value.code, caught.value.param) == (
+            "invalid_request_error",
+            "context_length_exceeded",
+            "messages",
+        )
+        assert caught.value.body["message"].startswith("This model's maximum context length is 128000 tokens.")
+    assert from_anthropic.value.status_code == 400
+    assert from_anthropic.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "prompt is too long: 200001 tokens > 200000 maximum"},
+    }
+    assert from_gemini.value.code == 400 and from_gemini.value.status == "INVALID_ARGUMENT"
+    assert from_gemini.value.message.startswith("The input token count (1048577) exceeds the maximum")
+    assert "details" not in from_gemini.value.details["error"]  # not the API_KEY_INVALID refusal of a bad key
+
+
 def test_a_header_directive_overrides_the_key(fake_providers):
     completion = chat(openai_client(fake_providers, key="sk-demo~fail=500"), extra_headers={"X-Fake-Fail": "none"})
 
@@ -789,6 +820,216 @@ def test_latency_directive_delays_without_blocking_other_requests(fake_providers
     started = time.monotonic()
     claude(anthropic_client(fake_providers), extra_headers={"X-Fake-Latency-Ms": "250"})
     assert time.monotonic() - started >= 0.25
+
+
+# --- Output and stall directives ------------------------------------------------------------------------
+
+ANSWER_SCHEMA = Answer.model_json_schema()
+# What `output=invalid` answers for Answer: every required field of the wrong type.
+INVALID_ANSWER = {
+    "steps": 5,
+    "final_answer": 5,
+    "confidence": "fake",
+    "mood": 5,
+    "nickname": 5,
+    "due": 5,
+    "attempts": "fake",
+}
+
+
+def openai_answer(client, schema=ANSWER_SCHEMA, name="answer", **kwargs):
+    """The JSON value a json_schema request to the fake OpenAI answers."""
+    response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    completion = chat(client, model="gpt-4.1-mini", response_format=response_format, **kwargs)
+    return json.loads(completion.choices[0].message.content)
+
+
+def gemini_answer(server, key="AIzaTest", **http_options):
+    config = genai_types.GenerateContentConfig(
+        response_mime_type="application/json", response_json_schema=ANSWER_SCHEMA
+    )
+    response = gemini_generate(server, key, model="gemini-2.5-flash", contents=QUESTION, config=config, **http_options)
+    return json.loads(response.text)
+
+
+def fails_answer(value) -> bool:
+    return not Draft202012Validator(ANSWER_SCHEMA).is_valid(value)
+
+
+def test_output_invalid_answers_json_that_fails_the_schema_on_each_provider(fake_providers):
+    openai_value = openai_answer(openai_client(fake_providers, key="sk-demo~output=invalid"))
+    gemini_value = gemini_answer(fake_providers, key="AIzaDemo~output=invalid")
+    gemini_openapi = gemini_generate(
+        fake_providers,
+        key="AIzaDemo~output=invalid",
+        api_version="v1beta",
+        model="gemini-2.5-flash",
+        contents=QUESTION,
+        config=genai_types.GenerateContentConfig(response_mime_type="application/json", response_schema=Answer),
+    )
+    tool = {"name": "record_answer", "input_schema": ANSWER_SCHEMA}
+    tool_use = claude(
+        anthropic_client(fake_providers),
+        tools=[tool],
+        tool_choice={"type": "tool", "name": "record_answer"},
+        extra_headers={"X-Fake-Output": "invalid"},
+    )
+
+    for value in (openai_value, gemini_value, json.loads(gemini_openapi.text), tool_use.content[0].input):
+        assert value == INVALID_ANSWER
+        assert fails_answer(value)
+    assert gemini_openapi.parsed is None  # the SDK could not parse it into an Answer
+    # What the SDKs' parse helpers make of it: a validation error, not a parsed answer.
+    with pytest.raises(pydantic.ValidationError):
+        openai_client(fake_providers, key="sk-demo~output=invalid").chat.completions.parse(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": QUESTION}], response_format=Answer
+        )
+    with pytest.raises(pydantic.ValidationError):
+        anthropic_client(fake_providers, key="sk-ant-demo~output=invalid").messages.parse(
+            model="claude-haiku-4-5",
+            max_tokens=2000,
+            messages=[{"role": "user", "content": QUESTION}],
+            output_format=Answer,
+        )
+
+
+def test_output_invalid_leaves_plain_answers_alone_and_a_header_switches_it_off(fake_providers):
+    client = openai_client(fake_providers, key="sk-demo~output=invalid")
+
+    assert chat(client).choices[0].message.content == reply_text("gpt-4o", QUESTION)
+    Answer.model_validate(openai_answer(client, extra_headers={"X-Fake-Output": "valid"}))
+
+
+def test_output_invalid_once_fails_only_the_first_request_per_key_and_schema(fake_providers):
+    client = openai_client(fake_providers, key="sk-once-a~output=invalid-once")
+    first, second, third = openai_answer(client), openai_answer(client), openai_answer(client)
+    step_schema = Step.model_json_schema()
+    other_schema = openai_answer(client, schema=step_schema, name="step")
+    other_key = openai_answer(openai_client(fake_providers, key="sk-once-b~output=invalid-once"))
+
+    assert first == INVALID_ANSWER
+    Answer.model_validate(second)
+    Answer.model_validate(third)
+    assert other_schema == {"explanation": 5, "output": 5}  # a schema the key had not asked for yet
+    assert other_key == INVALID_ANSWER  # another key: its own first time
+
+    # Anthropic and Gemini alike; the header form too.
+    anthropic_once = anthropic_client(fake_providers, key="sk-ant-once~output=invalid-once")
+    parse = functools.partial(
+        anthropic_once.messages.parse,
+        model="claude-haiku-4-5",
+        max_tokens=2000,
+        messages=[{"role": "user", "content": QUESTION}],
+        output_format=Answer,
+    )
+    with pytest.raises(pydantic.ValidationError):
+        parse()
+    assert isinstance(parse().parsed_output, Answer)
+    once = {"X-Fake-Output": "invalid-once"}
+    assert gemini_answer(fake_providers, key="AIzaOnceHeader", headers=once) == INVALID_ANSWER
+    Answer.model_validate(gemini_answer(fake_providers, key="AIzaOnceHeader", headers=once))
+
+
+def test_invalid_once_memory_is_bounded_and_forgets_the_oldest_first():
+    seen = SeenOnce(limit=2)
+
+    assert seen.first_time("sk-a", {"type": "object", "title": "A"})
+    assert not seen.first_time("sk-a", {"title": "A", "type": "object"})  # the same schema, keys reordered
+    assert seen.first_time("sk-a", {"title": "B"}) and seen.first_time("sk-b", {"title": "A"})
+    assert len(seen) == 2
+    assert seen.first_time("sk-a", {"type": "object", "title": "A"})  # forgotten: the oldest of three
+
+
+def test_invalid_instance_breaks_required_fields_or_the_root_and_leaves_a_schema_that_takes_anything():
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"enum": ["a", "b"]},
+            "score": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "free": {},
+            "note": {"type": "string"},
+        },
+        "required": ["name", "kind", "score", "free"],
+    }
+
+    assert invalid_instance_from_schema(schema) == {
+        "name": 5,
+        "kind": 5,
+        "score": "fake",
+        "free": "fake free",  # takes anything: left valid
+        "note": "fake note",  # not required: left valid
+    }
+    assert invalid_instance_from_schema({"type": "ARRAY", "items": {"type": "STRING"}}) == 5
+    assert invalid_instance_from_schema(
+        {"type": "OBJECT", "properties": {"a": {"type": "STRING", "nullable": True}}}
+    ) == {"a": 5}
+    assert invalid_instance_from_schema({}) == instance_from_schema({})
+
+
+STALL_MS = 500
+STALL = STALL_MS / 1000
+
+
+def timed(items, started: float) -> list[tuple[float, Any]]:
+    """(seconds since `started`, item) for each non-empty item (text or bytes) of `items`, as it arrives."""
+    return [(time.monotonic() - started, item) for item in items if item]
+
+
+def assert_stalled_after_the_first_delta(received: list[tuple[float, str]], expected: str) -> None:
+    """The first delta came before the stall was over, the next one after it, the rest at once."""
+    times = [at for at, _ in received]
+    assert "".join(text for _, text in received) == expected
+    assert received[0][1] == stream_pieces(expected)[0]
+    assert times[0] < STALL <= times[1] * 1.05
+    assert times[-1] - times[1] < STALL
+
+
+def test_stall_sends_the_first_delta_then_waits_before_the_rest(fake_providers):
+    started = time.monotonic()
+    openai_stream = chat(openai_client(fake_providers, key=f"sk-demo~stall={STALL_MS}"), stream=True)
+    from_openai = timed((chunk.choices[0].delta.content for chunk in openai_stream if chunk.choices), started)
+
+    started = time.monotonic()
+    with anthropic_client(fake_providers).messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=1000,
+        messages=[{"role": "user", "content": QUESTION}],
+        extra_headers={"X-Fake-Stall-Ms": str(STALL_MS)},
+    ) as stream:
+        from_anthropic = timed(stream.text_stream, started)
+
+    client = gemini_client(fake_providers, key=f"AIzaDemo~stall={STALL_MS}")
+    started = time.monotonic()
+    gemini_stream = client.models.generate_content_stream(model="gemini-2.5-flash", contents=QUESTION)
+    from_gemini = timed((chunk.text for chunk in gemini_stream), started)
+
+    assert_stalled_after_the_first_delta(from_openai, reply_text("gpt-4o", QUESTION))
+    assert_stalled_after_the_first_delta(from_anthropic, reply_text("claude-haiku-4-5", QUESTION))
+    assert_stalled_after_the_first_delta(from_gemini, reply_text("gemini-2.5-flash", QUESTION))
+
+
+def test_stall_on_a_gemini_json_array_stream_and_not_on_a_plain_answer(fake_providers):
+    url = f"{fake_providers.gemini_base_url}/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+    body = {"contents": [{"parts": [{"text": QUESTION}]}]}
+    headers = {"x-goog-api-key": "AIzaTest", "X-Fake-Stall-Ms": str(STALL_MS)}
+    started = time.monotonic()
+    with httpx2.stream("POST", url, headers=headers, json=body) as stalled:
+        received = timed(stalled.iter_bytes(), started)
+    plain = httpx2.post(url, headers={"x-goog-api-key": "AIzaTest"}, json=body)
+
+    (first_at, first), *rest = received
+    assert first.startswith(b"[{") and b"\n,\r\n" not in first  # the first element alone
+    assert rest and first_at < STALL <= rest[0][0] * 1.05  # before the stall was over, the rest after it
+    whole = b"".join(part for _, part in received)
+    assert whole.count(b"\n,\r\n") == plain.text.count("\n,\r\n") > 0  # framed as without the stall
+    texts = [chunk["candidates"][0]["content"]["parts"][0]["text"] for chunk in json.loads(whole)]
+    assert "".join(texts) == reply_text("gemini-2.0-flash", QUESTION)
+
+    started = time.monotonic()
+    completion = chat(openai_client(fake_providers, key="sk-demo~stall=5000"))
+    assert time.monotonic() - started < 1  # a plain answer does not stall
+    assert completion.choices[0].finish_reason == "stop"
 
 
 # --- Pieces -----------------------------------------------------------------------------------------------

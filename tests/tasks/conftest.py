@@ -119,43 +119,10 @@ def usage_rows(**filters) -> list:
     return list(UsageRecord.objects.filter(**filters).order_by("request_id", "attempt"))
 
 
-@pytest.fixture(scope="session")
-def stub_server():
-    """The OpenAI-compatible stub of tests/tasks/stub_provider.py (invalid structured output, stalled streams)."""
-    from tests.tasks.stub_provider import StubServer
-
-    with StubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def stub_config(db, stub_server):
-    """A factory of OpenAI-type configs pointing at the stub: `stub_config("stub-invalid", priority=1)`."""
-    from providers.models import TASK_FLAGS, ProviderConfig
-
-    stub_server.reset()
-    numbers = itertools.count(1)
-
-    def make(model: str, *, tasks=ALL_TASKS, **fields):
-        config = ProviderConfig(
-            provider_type="openai",
-            display_name=f"stub {next(numbers)}",
-            model_name=model,
-            base_url=stub_server.base_url,
-            **{TASK_FLAGS[task]: True for task in tasks},
-            **fields,
-        )
-        config.set_api_key("sk-stub-key-0001")
-        config.save()
-        return config
-
-    return make
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _release_thread_pool_connections(django_db_setup):
-    """Let the test database be dropped at the end: the views' thread-pool threads each opened a connection, and
-    those threads are gone with each test's event loop, their connections waiting for the garbage collector; and
+    """Let the test database be dropped at the end: the views' database threads each opened a connection, which
+    goes when the thread has stopped and the garbage collector has run; and
     the middleware run by AsyncClient uses asgiref's long-lived thread for sync work, whose connection stays open."""
     yield
     import gc
@@ -163,6 +130,9 @@ def _release_thread_pool_connections(django_db_setup):
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
+    from tasks.services import executor_shutdown
+
+    executor_shutdown()  # the views' database threads: their connections go with them
     gc.collect()
     executor = getattr(SyncToAsync, "single_thread_executor", None)
     if executor is not None:

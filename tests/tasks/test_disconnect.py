@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError
 
+from providers.fake.generation import reply_text, stream_pieces
 from tasks import prompts
 from tests.tasks.conftest import COVER_LETTER, CV_DRAFT, db_with_threads, usage_rows
 
@@ -88,13 +89,11 @@ def prompt_estimate(user_text: str, system: str) -> int:
     return math.ceil(len(system) / 4) + math.ceil(len(user_text) / 4)
 
 
-def test_a_client_that_leaves_while_the_provider_streams_leaves_an_aborted_row(
-    stub_config, stub_server, ordinary_user_token
-):
-    # The stub streams "Hello", then stalls: the client leaves while the gateway awaits the provider.
+def test_a_client_that_leaves_while_the_provider_streams_leaves_an_aborted_row(task_config, ordinary_user_token):
+    # The fake streams its first delta, then stalls: the client leaves while the gateway awaits the provider.
     from usage.models import TokenCounter
 
-    config = stub_config("stub-stall", daily_token_limit=1_000_000)
+    config = task_config("openai", key_suffix="~stall=5000", daily_token_limit=1_000_000)
 
     async def scenario():
         sent = await asgi_post(CV_DRAFT, {**LETTER, "stream": True}, ordinary_user_token, disconnect_when=first_delta)
@@ -106,9 +105,11 @@ def test_a_client_that_leaves_while_the_provider_streams_leaves_an_aborted_row(
     [row] = rows
     assert (row.provider_config_id, row.outcome, row.streamed) == (config.pk, "aborted", True)
     user_text = prompts.cv_draft_text(profile=LETTER["profile"], job=LETTER["job"], language=None)
-    # No usage reported yet: the prompt is estimated, the output counted from the text passed on ("Hello").
+    # No usage reported yet: the prompt is estimated, the output counted from the text passed on (the first delta).
+    first_delta_text = stream_pieces(reply_text(config.model_name, user_text))[0]
+    assert json.loads(sent[-1]["body"].split(b"data: ", 1)[1])["text"] == first_delta_text
     assert row.input_tokens == prompt_estimate(user_text, prompts.CV_DRAFTING_SYSTEM)
-    assert row.output_tokens == 2
+    assert row.output_tokens == math.ceil(len(first_delta_text) / 4)
     # The reservation is settled to what was consumed.
     day = TokenCounter.objects.get(provider_config=config, period="day")
     assert (day.used, day.reserved) == (row.input_tokens + row.output_tokens, 0)

@@ -244,16 +244,27 @@ def test_it_counts_cached_and_reasoning_tokens_and_prices_them_from_the_table(ta
     assert Decimal(response.json()["cost_usd"]) == row.cost_usd
 
 
-def test_it_reports_a_model_without_a_known_price_as_unpriced_not_free(stub_config, auth):
-    stub_config("stub-plain")
+def test_it_reports_a_model_without_a_known_price_as_unpriced_not_free(task_config, auth, monkeypatch):
+    # Every model the fake serves is in the price table: make the table know none of them.
+    from usage import pricing
+
+    monkeypatch.setattr(pricing, "_model_lookup", lambda provider_id, ref: None)
+    config = task_config("openai")
     response = call(CV_DRAFT, {"profile": PROFILE, "job": JOB}, headers=auth)
 
     assert response.status_code == 200
     body = response.json()
-    assert body["result"] == {"markdown": "Plain stub reply."}
+    user_text = prompts.cv_draft_text(profile=PROFILE, job=JOB, language=None)
+    reply = reply_text(config.model_name, user_text)
+    assert body["result"] == {"markdown": reply}
     assert (body["priced"], body["cost_usd"]) == (False, None)
     [row] = usage_rows()
-    assert (row.priced, row.cost_usd, row.input_tokens, row.output_tokens) == (False, None, 100, 7)
+    assert (row.priced, row.cost_usd, row.input_tokens, row.output_tokens) == (
+        False,
+        None,
+        text_tokens(prompts.CV_DRAFTING_SYSTEM) + text_tokens(user_text),
+        text_tokens(reply),
+    )
 
 
 def test_it_keeps_a_sane_request_id_and_replaces_any_other(task_config, auth):

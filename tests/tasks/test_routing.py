@@ -4,17 +4,23 @@ token limits (including a race on PostgreSQL), the environment fallback, and inv
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
+import uuid
 from collections import Counter
 from datetime import timedelta
 from types import SimpleNamespace
 
+import httpx2
 import pytest
 from django.db import connection
 from django.utils import timezone
 
+from providers.fake.generation import json_text, text_tokens
+from providers.fake.schema_instance import invalid_instance_from_schema
 from tasks import prompts
+from tasks.schemas import JOB_POSTING
 from tasks.selectors import weighted_order
 from tests.tasks.conftest import COVER_LETTER, CV_DRAFT, EXTRACT, acall, call, db_with_threads, sse_events, usage_rows
 
@@ -22,6 +28,29 @@ pytestmark = db_with_threads
 
 LETTER = {"profile": "Ada Lovelace, Python developer.", "job": "Backend engineer at Acme."}
 POSTING = {"text": "Python developer at Acme, Berlin. Full time."}
+
+
+def provider_requests(monkeypatch, url: str) -> list[str]:
+    """Record the model of every request the provider SDKs send to `url` (through httpx2, sync or async)."""
+    sent: list[str] = []
+
+    def note(request) -> None:
+        if str(request.url) == url:
+            sent.append(json.loads(request.content)["model"])
+
+    original_send, original_async_send = httpx2.Client.send, httpx2.AsyncClient.send
+
+    def send(self, request, *args, **kwargs):
+        note(request)
+        return original_send(self, request, *args, **kwargs)
+
+    async def async_send(self, request, *args, **kwargs):
+        note(request)
+        return await original_async_send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(httpx2.Client, "send", send)
+    monkeypatch.setattr(httpx2.AsyncClient, "send", async_send)
+    return sent
 
 
 def closed_port_url() -> str:
@@ -69,9 +98,19 @@ def test_a_retriable_failure_falls_back_to_the_next_candidate(provider, failing,
     assert "sk-" not in response.content.decode() and "AIza" not in response.content.decode()
 
 
-def test_a_bad_request_is_not_retried_elsewhere(task_config, auth):
-    # The fake OpenAI answers 400 invalid_request_error to a request without a model.
-    first = task_config("openai", priority=1, model_name="")
+BAD_REQUESTS = [
+    # Each provider's invalid-request error (`fail=400`): 400 invalid_request_error / INVALID_ARGUMENT.
+    pytest.param("openai", {"key_suffix": "~fail=400"}, id="openai-400"),
+    pytest.param("claude", {"key_suffix": "~fail=400"}, id="claude-400"),
+    pytest.param("gemini", {"key_suffix": "~fail=400"}, id="gemini-400"),
+    # The fake OpenAI's own 400 invalid_request_error to a request without a model.
+    pytest.param("openai", {"model_name": ""}, id="openai-no-model"),
+]
+
+
+@pytest.mark.parametrize(("provider", "bad"), BAD_REQUESTS)
+def test_a_bad_request_is_not_retried_elsewhere(provider, bad, task_config, auth):
+    first = task_config(provider, priority=1, **bad)
     second = task_config("claude", priority=2)
 
     response = call(EXTRACT, POSTING, headers=auth)
@@ -357,8 +396,8 @@ def test_with_no_provider_at_all_the_answer_is_a_503_naming_the_task(auth, setti
     assert "'extraction' (Job-posting extraction)" in error["message"]
 
 
-def test_invalid_structured_output_is_retried_once_then_a_502(stub_config, stub_server, auth):
-    config = stub_config("stub-invalid")
+def test_invalid_structured_output_is_retried_once_then_a_502(task_config, auth):
+    config = task_config("openai", key_suffix="~output=invalid")
 
     response = call(EXTRACT, POSTING, headers=auth)
 
@@ -372,11 +411,15 @@ def test_invalid_structured_output_is_retried_once_then_a_502(stub_config, stub_
         (1, config.pk, "invalid_output"),
         (2, config.pk, "invalid_output"),
     ]
-    assert all((row.input_tokens, row.output_tokens) == (100, 7) for row in rows)  # both are billed
+    # Both are billed, at the fake's count of the request and of its invalid answer.
+    user_text = prompts.extraction_text(text=POSTING["text"], source_url=None)
+    input_tokens = text_tokens(prompts.EXTRACTION_SYSTEM) + text_tokens(user_text)
+    output_tokens = text_tokens(json_text(invalid_instance_from_schema(JOB_POSTING.wire)))
+    assert all((row.input_tokens, row.output_tokens) == (input_tokens, output_tokens) for row in rows)
 
 
-def test_invalid_output_is_retried_on_the_next_candidate_when_there_is_one(stub_config, task_config, auth):
-    invalid = stub_config("stub-invalid", priority=1)
+def test_invalid_output_is_retried_on_the_next_candidate_when_there_is_one(task_config, auth):
+    invalid = task_config("openai", priority=1, key_suffix="~output=invalid")
     valid = task_config("openai", priority=2)
 
     response = call(EXTRACT, POSTING, headers=auth)
@@ -389,8 +432,12 @@ def test_invalid_output_is_retried_on_the_next_candidate_when_there_is_one(stub_
     ]
 
 
-def test_invalid_output_is_retried_on_the_same_candidate_when_it_is_the_only_one(stub_config, stub_server, auth):
-    config = stub_config("stub-invalid-once")
+def test_invalid_output_is_retried_on_the_same_candidate_when_it_is_the_only_one(
+    task_config, fake_providers, auth, monkeypatch
+):
+    # `invalid-once` is remembered per (key, schema) for the whole session: a key of this test's own.
+    config = task_config("openai", key=f"sk-once-{uuid.uuid4().hex}~output=invalid-once")
+    sent = provider_requests(monkeypatch, f"{fake_providers.openai_base_url}/chat/completions")
 
     response = call(EXTRACT, POSTING, headers=auth)
 
@@ -400,11 +447,11 @@ def test_invalid_output_is_retried_on_the_same_candidate_when_it_is_the_only_one
         (config.pk, "invalid_output"),
         (config.pk, "success"),
     ]
-    assert stub_server.requests == ["stub-invalid-once", "stub-invalid-once"]
+    assert sent == [config.model_name, config.model_name]  # exactly two calls reached the provider
 
 
-def test_invalid_output_whose_retry_finds_no_candidate_is_still_a_502(stub_config, task_config, auth):
-    stub_config("stub-invalid", priority=1)
+def test_invalid_output_whose_retry_finds_no_candidate_is_still_a_502(task_config, auth):
+    task_config("openai", priority=1, key_suffix="~output=invalid")
     task_config("openai", priority=2, daily_token_limit=10)  # the retry's candidate is over its limit
 
     response = call(EXTRACT, POSTING, headers=auth)
