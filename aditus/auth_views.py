@@ -1,5 +1,6 @@
 """Getting and giving back a bearer token."""
 
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
@@ -7,6 +8,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from aditus.authentication import BearerTokenAuthentication
+from aditus.openapi import INVALID, NOT_AUTHENTICATED, NOT_JSON, THROTTLED
 from aditus.services import ApiTokenRefused, api_token_obtain, api_token_revoke
 
 
@@ -22,6 +24,7 @@ class TokenObtainView(APIView):
     throttle_classes = (ScopedRateThrottle,)
     throttle_scope = "auth"
 
+    @extend_schema_serializer(component_name="TokenCredentials")
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(max_length=4096, trim_whitespace=False, write_only=True)
@@ -32,11 +35,29 @@ class TokenObtainView(APIView):
             error_messages={"invalid": "otp_token must be the 6 to 8 digit code shown by your authenticator app."},
         )
 
+    @extend_schema_serializer(component_name="Token")
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
         expires_at = serializers.DateTimeField()
         mfa_verified = serializers.BooleanField()
 
+    @extend_schema(
+        tags=["auth"],
+        operation_id="auth_token_obtain",
+        summary="Obtain a bearer token",
+        request=InputSerializer,
+        responses={
+            201: OutputSerializer,
+            400: OpenApiResponse(
+                INVALID.response,
+                description="The input is invalid (messages per field) or not readable JSON (`detail`), or the login "
+                "is refused (`detail`, and `code`: `invalid_credentials` or `mfa_enrolment_required`).",
+            ),
+            415: NOT_JSON,
+            429: THROTTLED,
+        },
+        auth=[],
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -60,6 +81,13 @@ class LogoutView(APIView):
     throttle_classes = (ScopedRateThrottle,)
     throttle_scope = "auth"
 
+    @extend_schema(
+        tags=["auth"],
+        operation_id="auth_logout",
+        summary="Revoke this bearer token",
+        request=None,
+        responses={204: None, 401: NOT_AUTHENTICATED, 429: THROTTLED},
+    )
     def post(self, request):
         api_token_revoke(token=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -336,3 +336,68 @@ LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id
 # django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
 LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "axes.apps": {"level": "WARNING"}}
 # --- end production and hardening ---
+
+# --- API docs ---
+# OpenAPI 3.1 schema at /api/schema/ and Swagger UI at /api/docs/ (drf-spectacular), the UI's files served from
+# our static files (drf-spectacular-sidecar), so the docs work without internet and under the admin's CSP.
+# The task endpoints are plain async views that drf-spectacular cannot see: aditus.openapi adds them.
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+# Who may read the schema and the docs: signed-in users (admin session or bearer token) unless API_DOCS_PUBLIC.
+# The schema maps the super-admin API and every refusal; its readers all have accounts anyway.
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", False)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "aditus",
+    "DESCRIPTION": (
+        "Gateway to the AI providers: the task endpoints, the super-admin API for provider configurations and "
+        "usage statistics, and bearer tokens. See README.md."
+    ),
+    "VERSION": "1",
+    # 3.1, so that the task output schemas (JSON Schema 2020-12, nullable as `anyOf` with `null`) go in unchanged.
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": [
+        "rest_framework.permissions.AllowAny" if API_DOCS_PUBLIC else "rest_framework.permissions.IsAuthenticated"
+    ],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # A token typed into "Authorize" is forgotten with the page, not kept in the browser's storage.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": False},
+    # Request and response components apart: `api_key` is in the one, `api_key_masked` in the other.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Django's <int:...> matches digits only: a negative id is no URL of ours.
+    "PATH_CONVERTER_OVERRIDES": {"int": {"type": "integer", "minimum": 0}},
+    "TAGS": [
+        {"name": "tasks", "description": "The four task endpoints, for any signed-in user."},
+        {"name": "auth", "description": "Bearer tokens."},
+        {"name": "providers", "description": "Provider configurations (verified super-admins)."},
+        {"name": "usage", "description": "Usage statistics (verified super-admins)."},
+        {"name": "operations", "description": "Probes and metrics, for orchestrators and Prometheus."},
+    ],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "aditus.openapi.add_undiscovered_paths",
+    ],
+}
+# --- end API docs ---
+
+# --- task endpoints' fast path ---
+# The task endpoints are served by aditus.task_handler: the same views behind this short, fully asynchronous
+# middleware stack instead of MIDDLEWARE (whose sync-only middleware cost a thread trip per hook under ASGI).
+# The views authenticate themselves (bearer token, or session with Django's CSRF check); host validation, the
+# https redirect and the security headers are Django's own middleware, run inline. See aditus/task_handler.py.
+TASK_PATH_PREFIXES = ("/api/v1/job-extractor/", "/api/v1/cv-drafter/", "/api/v1/cover-letter/")
+TASK_MIDDLEWARE = [
+    "aditus.middleware.RequestIdMiddleware",
+    "aditus.middleware.InlineSecurityMiddleware",
+    "aditus.middleware.InlineCommonMiddleware",
+    "aditus.middleware.InlineXFrameOptionsMiddleware",
+    "aditus.middleware.ContentSecurityPolicyMiddleware",
+]
+# Threads per process for the task endpoints' database work (each keeps its own database connection, so a
+# process holds up to this many; keep workers x DB_THREADS under PostgreSQL's max_connections).
+DB_THREADS = env_int("DB_THREADS", 16, minimum=1)
+# Plain (not streamed) OpenAI calls without the SDK, straight over aiohttp (providers/clients/direct_http.py):
+# about 2 ms less CPU per call. Off by default: the SDKs are a design decision.
+PROVIDER_DIRECT_HTTP = env_bool("PROVIDER_DIRECT_HTTP", False)
+# --- end task endpoints' fast path ---

@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 
 from aditus import health
 from aditus.admin_site import AditusAdminSite
+from aditus.openapi import DocsView
 from usage.metrics import metrics_view
 
 # No admin page without a verified second factor.
@@ -19,4 +21,7 @@ urlpatterns = [
     path("api/v1/super-admin/providers/usage/", include("usage.urls")),
     path("api/v1/super-admin/providers/", include("providers.urls")),
     path("api/v1/", include("tasks.urls")),
+    # OpenAPI schema and Swagger UI (aditus.openapi); for signed-in users unless API_DOCS_PUBLIC.
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", DocsView.as_view(url_name="api-schema"), name="api-docs"),
 ]

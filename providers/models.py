@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from providers.clients.base import Endpoint, ProviderType
 from providers.fields import EncryptedTextField, Sealed
-from providers.validators import validate_provider_base_url
+from providers.validators import validate_model_name, validate_provider_base_url
 
 
 class Task(models.TextChoices):
@@ -46,7 +46,7 @@ class ProviderConfigQuerySet(models.QuerySet):
 class ProviderConfig(models.Model):
     provider_type = models.CharField(max_length=16, choices=[(t.value, t.name.title()) for t in ProviderType])
     display_name = models.CharField(max_length=100, unique=True)
-    model_name = models.CharField(max_length=200)
+    model_name = models.CharField(max_length=200, validators=[validate_model_name])
     api_key = EncryptedTextField("API key", help_text="Stored encrypted; never shown again after saving.")
     base_url = models.URLField(
         max_length=500,

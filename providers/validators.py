@@ -30,3 +30,11 @@ def validate_provider_base_url(value: str) -> None:
             "Plain http is only allowed to a loopback host; use https "
             "(or set ALLOW_INSECURE_PROVIDER_URLS=1 for a trusted internal network)."
         )
+
+
+def validate_model_name(value: str) -> None:
+    """A model name goes into provider URL paths: printable ASCII without spaces, nothing else."""
+    if not value or not all("!" <= char <= "~" for char in value):
+        raise ValidationError(
+            "Enter the provider's model id: printable characters without spaces (e.g. gemini-2.5-flash)."
+        )

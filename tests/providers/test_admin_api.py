@@ -143,6 +143,8 @@ def test_an_unknown_config_is_a_404(admin_client):
         ({"provider_type": "mistral"}, "provider_type"),
         ({"model_name": ""}, "model_name"),
         ({"model_name": "   "}, "model_name"),
+        ({"model_name": "gemini\u0018x"}, "model_name"),
+        ({"model_name": "gemini 2.5"}, "model_name"),
         ({"base_url": "not a url"}, "base_url"),
         ({"base_url": "ftp://127.0.0.1/x"}, "base_url"),
         ({"base_url": "http://api.example.com/v1"}, "base_url"),
