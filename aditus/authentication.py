@@ -4,8 +4,15 @@
 async task views (which are not DRF views) authenticate the same way.
 """
 
-import functools
+from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, router
+from django.db.models import Field, Model
 from django_otp.middleware import is_verified
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -25,7 +32,8 @@ def bearer_token_user(header: bytes | str):
     """Return (user, token) for an `Authorization` header value; None when it is not a bearer header.
 
     Raise `InvalidBearerToken` for a malformed, unknown, revoked or expired token or a disabled account.
-    Makes one query (token, user and OTP device together), plus a write at most once a minute (`mark_used`).
+    Makes one query (token, user and OTP device together, hand-written: see `_token_lookup`), plus a write at
+    most once a minute (`mark_used`).
     """
     if isinstance(header, str):
         header = header.encode("latin-1", "replace")
@@ -47,7 +55,7 @@ def bearer_token_user(header: bytes | str):
 
 def token_user(secret: str):
     """Return (user, token) for a token's plaintext; raise `InvalidBearerToken` if it does not authenticate."""
-    token = ApiToken.objects.for_secret(secret).select_related("user", "otp_device").first()
+    token = _token_with_user_and_device(ApiToken.hash_secret(secret))
     if token is None:
         raise InvalidBearerToken("Invalid bearer token.")
     if token.is_revoked:
@@ -63,6 +71,83 @@ def token_user(secret: str):
     user.otp_device = token.otp_device if token.is_mfa_verified else None
     user.is_verified = functools.partial(is_verified, user)
     return user, token
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One model of the token lookup: its concrete fields, in order, and each field's value converters."""
+
+    model: type[Model]
+    fields: tuple[Field, ...]
+    converters: tuple[tuple[tuple[Callable, ...], Any], ...]  # per field: (converters, the column expression)
+
+    @classmethod
+    def of(cls, model: type[Model], alias: str, connection) -> _Part:
+        fields = tuple(model._meta.concrete_fields)
+        converters = []
+        for field in fields:
+            column = field.get_col(alias)
+            converters.append(
+                (tuple(connection.ops.get_db_converters(column) + field.get_db_converters(connection)), column)
+            )
+        return cls(model, fields, tuple(converters))
+
+    def instance(self, row: tuple, connection) -> Model | None:
+        values = list(row)
+        for position, (functions, column) in enumerate(self.converters):
+            for function in functions:
+                values[position] = function(values[position], column, connection)
+        if values[0] is None:  # the primary key of a LEFT JOIN that found nothing
+            return None
+        return self.model.from_db(connection.alias, [field.attname for field in self.fields], values)
+
+
+@functools.cache
+def _token_lookup(vendor: str, alias: str) -> tuple[str, tuple[_Part, _Part, _Part]]:
+    """The token lookup as one hand-written query, built from the models' metadata, and its three parts.
+
+    `ApiToken.objects.for_secret(...).select_related("user", "otp_device")` compiles to the same query, but
+    compiling it cost about 0.6 ms of CPU on every authenticated request.
+    """
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    device_model = ApiToken._meta.get_field("otp_device").related_model
+    user_model = ApiToken._meta.get_field("user").related_model
+    parts = (
+        _Part.of(ApiToken, "t", connection),
+        _Part.of(user_model, "u", connection),
+        _Part.of(device_model, "d", connection),
+    )
+    columns = ", ".join(
+        f"{alias}.{quote(field.column)}" for alias, part in zip("tud", parts, strict=True) for field in part.fields
+    )
+    token_meta = ApiToken._meta
+    sql = (
+        f"SELECT {columns} FROM {quote(token_meta.db_table)} t "  # noqa: S608 - identifiers from the models
+        f"INNER JOIN {quote(user_model._meta.db_table)} u ON u.{quote(user_model._meta.pk.column)} = "
+        f"t.{quote(token_meta.get_field('user').column)} "
+        f"LEFT JOIN {quote(device_model._meta.db_table)} d ON d.{quote(device_model._meta.pk.column)} = "
+        f"t.{quote(token_meta.get_field('otp_device').column)} "
+        f"WHERE t.{quote(token_meta.get_field('token_hash').column)} = %s"
+    )
+    return sql, parts
+
+
+def _token_with_user_and_device(token_hash: str) -> ApiToken | None:
+    """The token with that hash, its user and its OTP device (or None) loaded: one query."""
+    connection = connections[router.db_for_read(ApiToken)]
+    sql, (token_part, user_part, device_part) = _token_lookup(connection.vendor, connection.alias)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [token_hash])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    token_end = len(token_part.fields)
+    user_end = token_end + len(user_part.fields)
+    token = token_part.instance(row[:token_end], connection)
+    token.user = user_part.instance(row[token_end:user_end], connection)
+    token.otp_device = device_part.instance(row[user_end:], connection)
+    return token
 
 
 class BearerTokenAuthentication(BaseAuthentication):

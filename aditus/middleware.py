@@ -7,6 +7,9 @@ rest of the stack is async, so that under ASGI an async view runs without a hop 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.http import HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware
+from django.middleware.security import SecurityMiddleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from aditus import health
@@ -136,6 +139,42 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         for key, value in served.headers:
             response[key] = value
         return response
+
+
+def inline(middleware_class):
+    """Wrap a `MiddlewareMixin` middleware so that an async stack runs its hooks in the event loop.
+
+    For middleware whose `process_request` / `process_response` do no I/O (Django's security, common and
+    clickjacking middleware): without this, Django runs each hook through `sync_to_async`, a thread trip each.
+    Used by the task endpoints' stack (settings.TASK_MIDDLEWARE, `aditus.task_handler`).
+    """
+
+    class Inline(_BothModes):
+        def __init__(self, get_response):
+            super().__init__(get_response)
+            self.inner = middleware_class(get_response)
+            self.process_request = getattr(self.inner, "process_request", None)
+            self.process_response = getattr(self.inner, "process_response", None)
+
+        def call(self, request):
+            return self.inner(request)
+
+        async def __acall__(self, request):
+            response = self.process_request(request) if self.process_request else None
+            if response is None:
+                response = await self.get_response(request)
+            if self.process_response:
+                response = self.process_response(request, response)
+            return response
+
+    Inline.__name__ = Inline.__qualname__ = f"Inline{middleware_class.__name__}"
+    Inline.__module__ = __name__
+    return Inline
+
+
+InlineSecurityMiddleware = inline(SecurityMiddleware)
+InlineCommonMiddleware = inline(CommonMiddleware)
+InlineXFrameOptionsMiddleware = inline(XFrameOptionsMiddleware)
 
 
 class ContentSecurityPolicyMiddleware(_BothModes):

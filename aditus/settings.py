@@ -397,7 +397,4 @@ TASK_MIDDLEWARE = [
 # Threads per process for the task endpoints' database work (each keeps its own database connection, so a
 # process holds up to this many; keep workers x DB_THREADS under PostgreSQL's max_connections).
 DB_THREADS = env_int("DB_THREADS", 16, minimum=1)
-# Plain (not streamed) OpenAI calls without the SDK, straight over aiohttp (providers/clients/direct_http.py):
-# about 2 ms less CPU per call. Off by default: the SDKs are a design decision.
-PROVIDER_DIRECT_HTTP = env_bool("PROVIDER_DIRECT_HTTP", False)
 # --- end task endpoints' fast path ---

@@ -357,6 +357,8 @@ def server_env(database_url: str) -> dict[str, str]:
         FIELD_ENCRYPTION_KEYS=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         DATABASE_URL=database_url,
         ALLOWED_HOSTS=f"{LOOPBACK},localhost",
+        # Production redirects http to https; here, as behind a TLS-terminating proxy, the server sees plain http.
+        SECURE_SSL_REDIRECT="0",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
@@ -695,8 +697,12 @@ def running_bench(options: Options, workdir: Path) -> Iterator[tuple[Bench, Thro
                 LOOPBACK,
                 "--port",
                 str(gateway_port),
+                # As `deploy/entrypoint.sh serve` runs it, but one worker: the bars are per process.
                 "--workers",
                 "1",
+                "--timeout-keep-alive",
+                "75",
+                "--no-server-header",
                 "--no-access-log",
                 "--log-level",
                 "warning",
@@ -1066,7 +1072,15 @@ def environment_lines(bench: Bench, database: ThrowawayDatabase, started: dateti
         ["OS", f"{platform.system()} {platform.release()}"],
         ["Python", platform.python_version()],
         ["Django", package_version("Django")],
-        ["Server", f"uvicorn {package_version('uvicorn')}, 1 process, loop {loop}, http {http_impl}, no access log"],
+        [
+            "Server",
+            f"uvicorn {package_version('uvicorn')}, 1 process, loop {loop}, http {http_impl}, no access log, "
+            f"the options of `deploy/entrypoint.sh serve`",
+        ],
+        [
+            "Gateway settings",
+            f"DB_THREADS {os.environ.get('DB_THREADS', '16 (default)')}",
+        ],
         ["Database", f"PostgreSQL {database.server_version} (throwaway database, dropped after the run)"],
         ["Fake provider", f"`manage.py fake_providers` (aiohttp {package_version('aiohttp')}), 1 process"],
         ["Load generator", f"{wrk_version(bench.wrk)}, {options.wrk_threads} thread(s)"],

@@ -7,7 +7,7 @@
 
 So a request the first candidate serves makes two trips to the thread pool: prepare, then record.
 
-Each runs with `sync_to_async(..., thread_sensitive=False)` in the event loop's thread pool, where every thread
+Each runs in the event loop's database thread pool (`in_thread`, settings.DB_THREADS threads), where every thread
 keeps its own persistent connection; each starts by closing that connection if it is broken or past
 CONN_MAX_AGE, the request_started/finished signals' job for code outside the request thread. None of them holds
 a transaction or a connection across a provider call.
@@ -15,11 +15,16 @@ a transaction or a connection across a provider call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextvars
+import functools
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.db import close_old_connections
@@ -73,6 +78,11 @@ def request_user(request):
             ) from None
         if found is not None:
             return found[0]
+    if not hasattr(request, "session"):
+        # The task endpoints' stack has no SessionMiddleware (aditus.task_handler): read the session from its
+        # cookie here, as SessionMiddleware would. Nothing on this path changes it, so nothing is saved back.
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
     user = get_user(request)  # the session, loaded only if the request has a session cookie
     if not user.is_authenticated:
         raise TaskError(401, "not_authenticated", NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
@@ -143,7 +153,47 @@ def attempt_finish(**record: Any) -> UsageRecord:
     return attempt_record(**record)
 
 
+# One thread pool per process for the views' database work (settings.DB_THREADS threads), made on first use.
+# Each thread keeps its own database connection. Not the loop's default executor (min(32, CPUs + 4) threads: 6 on
+# two cores, too few when some wait on a locked row) and not asgiref's sync_to_async, whose bookkeeping costs
+# more CPU than the hop itself.
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(max_workers=settings.DB_THREADS, thread_name_prefix="aditus-db")
+    return _executor
+
+
+def executor_shutdown() -> None:
+    """Stop the pool's threads (their database connections go with them once collected). For tests."""
+    global _executor
+    with _executor_lock:
+        pool, _executor = _executor, None
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+def in_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """An async face of a sync function: runs it in the database thread pool, in a copy of the caller's
+    context (the request id). Like sync_to_async(thread_sensitive=False): cancelling the caller abandons the
+    result, and a job that has not started yet does not run."""
+
+    async def run(**kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, function, **kwargs)
+        return await loop.run_in_executor(executor(), call)
+
+    run.__name__ = run.__qualname__ = f"{function.__name__}_async"
+    return run
+
+
 # The async faces of the three, built once.
-request_prepare_async = sync_to_async(request_prepare, thread_sensitive=False)
-tokens_hold_async = sync_to_async(tokens_hold, thread_sensitive=False)
-attempt_finish_async = sync_to_async(attempt_finish, thread_sensitive=False)
+request_prepare_async = in_thread(request_prepare)
+tokens_hold_async = in_thread(tokens_hold)
+attempt_finish_async = in_thread(attempt_finish)

@@ -156,16 +156,28 @@ def rollup_add(*, record: UsageRecord) -> None:
 
     Does nothing when USAGE_ROLLUPS_ENABLED is off.
     """
+    statements = rollup_statements(record=record)
+    if statements:
+        with connection.cursor() as cursor:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+
+
+def rollup_statements(*, record: UsageRecord) -> list[tuple[str, list]]:
+    """The statements of `rollup_add` with their parameters, in order, for a caller that sends them in one
+    message with its own (`usage.services.attempt_record` on PostgreSQL). Empty when USAGE_ROLLUPS_ENABLED is off.
+    """
     if not rollups_enabled():
-        return
+        return []
     values = _record_measures(record)
     day = connection.ops.adapt_datefield_value(day_bucket(record.created_at))
     config_id = record.provider_config_id or 0
     kind = (record.provider_type, record.model, record.task)
-    with connection.cursor() as cursor:
-        # The same order in every transaction, so concurrent recorders lock rows in the same order.
-        cursor.execute(_DAILY_UPSERT, [day, config_id, *kind, *values])
-        cursor.execute(_DAILY_USER_UPSERT, [day, record.user_id or 0, config_id, *kind, *values])
+    # The same order in every transaction, so concurrent recorders lock rows in the same order.
+    return [
+        (_DAILY_UPSERT, [day, config_id, *kind, *values]),
+        (_DAILY_USER_UPSERT, [day, record.user_id or 0, config_id, *kind, *values]),
+    ]
 
 
 def rollups_add_records(*, min_id: int | None = None, max_id: int | None = None) -> None:

@@ -2,6 +2,12 @@
 
 A light `OpenAI` / `AsyncOpenAI` object is built for each call (~50 µs) on the shared connection pool, so
 the key lives only as long as the call; the SDK's retries are off.
+
+A plain (not streamed) call goes through the SDK's own `post` with the request body as built here and the raw
+response back, read with `json.loads`: the SDK still makes the request (URL, headers, key, timeouts) and raises
+its errors, but skips re-walking the parameters against their TypedDicts and building pydantic models of the
+answer, which together cost about 0.6 ms of CPU per call, a fifth of the gateway's budget. Our parameters need
+no transformation (plain strings, numbers and dicts), and the answer is checked field by field here anyway.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk
 
 from .base import (
     DONE,
@@ -107,26 +113,34 @@ def check_json(text: str, request: GenerateRequest) -> None:
         raise MalformedResponseError(f"{NAME}: structured output is not valid JSON") from None
 
 
-def result_from_completion(completion: Any, request: GenerateRequest) -> GenerateResult:
-    if not isinstance(completion, ChatCompletion):
+COMPLETIONS_PATH = "/chat/completions"
+
+
+def result_from_response(response: httpx2.Response, request: GenerateRequest) -> GenerateResult:
+    """The result of a chat completion from its raw (2xx) response."""
+    try:
+        body = json.loads(response.content)
+    except ValueError as exc:
+        raise MalformedResponseError(f"{NAME}: unreadable response ({type(exc).__name__})") from None
+    if not isinstance(body, Mapping):
         raise MalformedResponseError(f"{NAME}: the response body is not a chat completion")
     try:
-        choice = completion.choices[0]
-        message = choice.message
-        text = message.content
-        finish_reason = choice.finish_reason
+        choice = body["choices"][0]
+        message = choice["message"]
+        text = message.get("content")
+        finish_reason = choice.get("finish_reason")
         if text is None:
             # A refusal comes instead of content (with structured outputs, instead of the JSON).
-            text, finish_reason = "", "refusal" if message.refusal else finish_reason
-        if completion.usage is None:
+            text, finish_reason = "", "refusal" if message.get("refusal") else finish_reason
+        usage = body.get("usage")
+        if usage is None:
             raise MalformedResponseError(f"{NAME}: the response has no usage")
+        if not isinstance(usage, Mapping):
+            raise TypeError("usage is not an object")
         result = GenerateResult(
-            text=str(text),
-            model=str(completion.model),
-            finish_reason=finish_reason,
-            usage=usage_from_raw(completion.usage.to_dict()),
+            text=str(text), model=str(body["model"]), finish_reason=finish_reason, usage=usage_from_raw(usage)
         )
-    except (AttributeError, IndexError, TypeError) as exc:
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
         raise MalformedResponseError(f"{NAME}: incomplete chat completion ({type(exc).__name__})") from None
     check_json(result.text, request)
     return result
@@ -207,17 +221,19 @@ class OpenAIClient:
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
 
-        completions = self._sdk(endpoint, api_key).chat.completions
-        completion = call_mapped(errors, completions.create, **build_params(endpoint, request))
-        return result_from_completion(completion, request)
+        sdk = self._sdk(endpoint, api_key)
+        body = build_params(endpoint, request)
+        response = call_mapped(errors, sdk.post, COMPLETIONS_PATH, body=body, cast_to=httpx2.Response)
+        return result_from_response(response, request)
 
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
 
-        completions = self._async_sdk(endpoint, api_key).chat.completions
-        completion = await acall_mapped(errors, completions.create(**build_params(endpoint, request)))
-        return result_from_completion(completion, request)
+        sdk = self._async_sdk(endpoint, api_key)
+        body = build_params(endpoint, request)
+        response = await acall_mapped(errors, sdk.post(COMPLETIONS_PATH, body=body, cast_to=httpx2.Response))
+        return result_from_response(response, request)
 
     def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
         state = StreamState(model=endpoint.model, request=request)

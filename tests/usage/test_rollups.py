@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -239,8 +239,13 @@ def test_a_call_and_its_rollups_commit_together_or_not_at_all(provider_config, m
     def fail(*, record):
         raise RuntimeError("rollup table unavailable")
 
+    def failing_statements(*, record):
+        # On PostgreSQL the rollups go in the message of statements that records the call.
+        return [("INSERT INTO no_such_rollup_table VALUES (1)", [])]
+
     monkeypatch.setattr(services, "rollup_add", fail)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(services, "rollup_statements", failing_statements)
+    with pytest.raises((RuntimeError, DatabaseError)):
         random_call(random.Random(1), configs=[config], users=[], when=START, reservation=reservation, config=config)
 
     assert not UsageRecord.objects.exists()

@@ -1,0 +1,194 @@
+"""The task endpoints' lean ASGI path (aditus.task_handler), driven as uvicorn drives `aditus.asgi.application`.
+
+The other task tests go through Django's test client, i.e. the full middleware stack; these check that the short
+stack production serves the task endpoints with still enforces what the full one does: authentication, CSRF for
+sessions, ALLOWED_HOSTS, the https redirect and the security headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+from django.utils.crypto import get_random_string
+
+from aditus.task_handler import TaskASGIHandler, is_task_path
+from tests.tasks.conftest import COVER_LETTER, db_with_threads, usage_rows
+
+pytestmark = db_with_threads
+
+LETTER = {"profile": "Ada Lovelace, Python developer.", "job": "Backend engineer at Acme."}
+
+
+def asgi_call(path: str, *, data=None, headers=None, host="testserver", scheme="http", method="POST", application=None):
+    """Send one request through aditus.asgi.application (or `application`); return (status, headers, body)."""
+    if application is None:
+        from aditus.asgi import application
+
+    body = json.dumps(data if data is not None else LETTER).encode() if method == "POST" else b""
+    all_headers = [(b"host", host.encode()), (b"content-type", b"application/json")]
+    all_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": all_headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+
+    async def run():
+        done = asyncio.Event()
+        given = False
+
+        async def receive():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await application(scope, receive, send)
+
+    asyncio.run(run())
+    start = sent[0]
+    response_headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+    content = b"".join(message.get("body", b"") for message in sent[1:])
+    return start["status"], response_headers, content
+
+
+def test_the_task_paths_take_the_lean_path_and_nothing_else_does():
+    def scope(path, root_path=""):
+        return {"type": "http", "path": path, "root_path": root_path}
+
+    for path in (
+        "/api/v1/job-extractor/extract",
+        "/api/v1/job-extractor/validate-image",
+        "/api/v1/cv-drafter/draft",
+        "/api/v1/cover-letter/generate",
+    ):
+        assert is_task_path(scope(path))
+        assert is_task_path(scope("/gateway" + path, root_path="/gateway"))
+    for path in ("/api/v1/auth/token", "/api/v1/super-admin/providers/", "/admin/", "/metrics", "/healthz"):
+        assert not is_task_path(scope(path))
+    assert not is_task_path({"type": "websocket", "path": COVER_LETTER})
+
+
+def test_a_bearer_call_is_served_with_the_security_headers(task_config, ordinary_user_token):
+    config = task_config("openai")
+
+    status, headers, body = asgi_call(COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"})
+
+    assert status == 200, body
+    assert json.loads(body)["provider"]["config_id"] == config.pk
+    assert headers["x-request-id"] and headers["x-gateway-time-ms"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "same-origin"
+    assert len(usage_rows()) == 1
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token"])
+def test_an_unauthenticated_call_gets_a_401(task_config, authorization):
+    task_config("openai")
+
+    status, headers, body = asgi_call(COVER_LETTER, headers={"Authorization": authorization} if authorization else {})
+
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert usage_rows() == []
+
+
+def test_a_host_not_in_allowed_hosts_gets_a_400(task_config, ordinary_user_token):
+    task_config("openai")
+
+    status, _, _ = asgi_call(
+        COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"}, host="evil.example"
+    )
+
+    assert status == 400
+    assert usage_rows() == []
+
+
+def test_plain_http_is_redirected_to_https_when_the_redirect_is_on(task_config, ordinary_user_token, settings):
+    task_config("openai")
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+    handler = TaskASGIHandler()  # SecurityMiddleware reads its settings when the stack is built
+
+    status, headers, _ = asgi_call(
+        COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"}, application=handler
+    )
+
+    assert status == 301
+    assert headers["location"] == f"https://testserver{COVER_LETTER}"
+    assert usage_rows() == []
+
+    status, headers, _ = asgi_call(
+        COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"}, scheme="https", application=handler
+    )
+    assert status == 200
+    assert headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_a_session_call_is_served_with_the_csrf_token_and_refused_without(task_config, ordinary_user):
+    task_config("openai")
+    client = Client()
+    client.force_login(ordinary_user)
+    session_cookie = (
+        f"{django_settings.SESSION_COOKIE_NAME}={client.cookies[django_settings.SESSION_COOKIE_NAME].value}"
+    )
+
+    status, _, body = asgi_call(COVER_LETTER, headers={"Cookie": session_cookie})
+    assert status == 403
+    assert json.loads(body)["error"]["type"] == "csrf_failed"
+    assert usage_rows() == []
+
+    secret = get_random_string(32)
+    status, _, body = asgi_call(
+        COVER_LETTER,
+        headers={"Cookie": f"{session_cookie}; {django_settings.CSRF_COOKIE_NAME}={secret}", "X-CSRFToken": secret},
+    )
+    assert status == 200, body
+    assert usage_rows()[0].user_id == ordinary_user.pk
+
+
+def test_a_stale_session_cookie_is_anonymous(task_config):
+    task_config("openai")
+
+    status, _, _ = asgi_call(COVER_LETTER, headers={"Cookie": f"{django_settings.SESSION_COOKIE_NAME}=nonsense"})
+
+    assert status == 401
+
+
+def test_other_paths_go_to_the_full_stack(monkeypatch):
+    import aditus.asgi
+
+    seen = []
+
+    async def full_stack(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    monkeypatch.setattr(aditus.asgi, "django_application", full_stack)
+
+    status, _, _ = asgi_call("/api/v1/auth/token")
+
+    assert (status, seen) == (204, ["/api/v1/auth/token"])
