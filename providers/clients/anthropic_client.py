@@ -46,9 +46,8 @@ from .base import (
     next_mapped,
     parse_retry_after,
     provider_error,
-    require_key,
 )
-from .pool import HttpPool
+from .pool import PooledSdkClient
 
 NAME = "Anthropic"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -175,29 +174,12 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     return None
 
 
-class AnthropicClient:
+class AnthropicClient(PooledSdkClient):
     provider_type = ProviderType.CLAUDE
-
-    def __init__(self, pool: HttpPool | None = None):
-        self.pool = pool or HttpPool()
-
-    def _options(self, endpoint: Endpoint, api_key: str) -> dict[str, Any]:
-        require_key(NAME, api_key)
-        return {
-            "api_key": api_key,
-            "base_url": endpoint.base_url or DEFAULT_BASE_URL,
-            "timeout": endpoint.timeout,
-            "max_retries": 0,
-            "default_headers": dict(endpoint.extra_headers) or None,
-        }
-
-    def _sdk(self, endpoint: Endpoint, api_key: str) -> anthropic.Anthropic:
-        options = self._options(endpoint, api_key)
-        return anthropic.Anthropic(http_client=self.pool.client(options["base_url"]), **options)
-
-    def _async_sdk(self, endpoint: Endpoint, api_key: str) -> anthropic.AsyncAnthropic:
-        options = self._options(endpoint, api_key)
-        return anthropic.AsyncAnthropic(http_client=self.pool.async_client(options["base_url"]), **options)
+    name = NAME
+    default_base_url = DEFAULT_BASE_URL
+    sdk_class = anthropic.Anthropic
+    async_sdk_class = anthropic.AsyncAnthropic
 
     def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:

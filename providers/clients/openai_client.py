@@ -49,9 +49,8 @@ from .base import (
     next_mapped,
     parse_retry_after,
     provider_error,
-    require_key,
 )
-from .pool import HttpPool
+from .pool import PooledSdkClient
 
 NAME = "OpenAI"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -193,29 +192,12 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     return None
 
 
-class OpenAIClient:
+class OpenAIClient(PooledSdkClient):
     provider_type = ProviderType.OPENAI
-
-    def __init__(self, pool: HttpPool | None = None):
-        self.pool = pool or HttpPool()
-
-    def _options(self, endpoint: Endpoint, api_key: str) -> dict[str, Any]:
-        require_key(NAME, api_key)
-        return {
-            "api_key": api_key,
-            "base_url": endpoint.base_url or DEFAULT_BASE_URL,
-            "timeout": endpoint.timeout,
-            "max_retries": 0,
-            "default_headers": dict(endpoint.extra_headers) or None,
-        }
-
-    def _sdk(self, endpoint: Endpoint, api_key: str) -> openai.OpenAI:
-        options = self._options(endpoint, api_key)
-        return openai.OpenAI(http_client=self.pool.client(options["base_url"]), **options)
-
-    def _async_sdk(self, endpoint: Endpoint, api_key: str) -> openai.AsyncOpenAI:
-        options = self._options(endpoint, api_key)
-        return openai.AsyncOpenAI(http_client=self.pool.async_client(options["base_url"]), **options)
+    name = NAME
+    default_base_url = DEFAULT_BASE_URL
+    sdk_class = openai.OpenAI
+    async_sdk_class = openai.AsyncOpenAI
 
     def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx2
 
+from .base import require_key
+
 # The SDKs' own defaults: the gateway keeps many slow calls in flight at once.
 LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30.0)
 # Async clients per (loop, base URL). httpcore's pool looks at every connection it holds each time a request
@@ -167,3 +169,37 @@ class HttpPool:
             clients, self._clients = self._clients, {}
         for client in clients.values():
             client.close()
+
+
+class PooledSdkClient:
+    """Build an SDK client per call on this provider's shared connection pool.
+
+    For the OpenAI and Anthropic SDKs, which take the same constructor arguments. The SDK object is cheap (tens
+    of microseconds) and holds the key only for the call; the connections live in the pool.
+    """
+
+    name: str
+    default_base_url: str
+    sdk_class: type
+    async_sdk_class: type
+
+    def __init__(self, pool: HttpPool | None = None):
+        self.pool = pool or HttpPool()
+
+    def _options(self, endpoint, api_key: str) -> dict[str, Any]:
+        require_key(self.name, api_key)
+        return {
+            "api_key": api_key,
+            "base_url": endpoint.base_url or self.default_base_url,
+            "timeout": endpoint.timeout,
+            "max_retries": 0,
+            "default_headers": dict(endpoint.extra_headers) or None,
+        }
+
+    def _sdk(self, endpoint, api_key: str):
+        options = self._options(endpoint, api_key)
+        return self.sdk_class(http_client=self.pool.client(options["base_url"]), **options)
+
+    def _async_sdk(self, endpoint, api_key: str):
+        options = self._options(endpoint, api_key)
+        return self.async_sdk_class(http_client=self.pool.async_client(options["base_url"]), **options)
