@@ -1,7 +1,7 @@
 """Anthropic Claude through the official `anthropic` SDK (Messages API).
 
-A light `Anthropic` / `AsyncAnthropic` object is built for each call (~70 µs) on the shared connection pool,
-so the key lives only as long as the call; the SDK's retries are off. Structured output uses the Messages
+SDK objects come from `PooledSdkClient` (see there): the connections are shared, the key is sent per call and
+lives only as long as the call; the SDK's retries are off. Structured output uses the Messages
 API's native `output_config.format` (`json_schema`).
 """
 
@@ -193,8 +193,10 @@ class AnthropicClient(PooledSdkClient):
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
 
-        messages = self._async_sdk(endpoint, api_key).messages
-        message = await acall_mapped(errors, messages.create(**build_params(endpoint, request)))
+        sdk, key_headers = self._async_sdk(endpoint, api_key)
+        message = await acall_mapped(
+            errors, sdk.messages.create(**build_params(endpoint, request), extra_headers=key_headers)
+        )
         return result_from_message(message, request)
 
     def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
@@ -234,8 +236,10 @@ class AnthropicClient(PooledSdkClient):
         def midstream_errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key, midstream=True)
 
-        messages = self._async_sdk(endpoint, api_key).messages
-        stream = await acall_mapped(errors, messages.create(**build_params(endpoint, request), stream=True))
+        sdk, key_headers = self._async_sdk(endpoint, api_key)
+        stream = await acall_mapped(
+            errors, sdk.messages.create(**build_params(endpoint, request), stream=True, extra_headers=key_headers)
+        )
         usage: dict[str, Any] = {}
         try:
             while (event := await anext_mapped(midstream_errors, stream)) is not DONE:

@@ -1,7 +1,7 @@
 """OpenAI through the official `openai` SDK (Chat Completions).
 
-A light `OpenAI` / `AsyncOpenAI` object is built for each call (~50 µs) on the shared connection pool, so
-the key lives only as long as the call; the SDK's retries are off.
+SDK objects come from `PooledSdkClient` (see there): the connections are shared, the key is sent per call and
+lives only as long as the call; the SDK's retries are off.
 
 A plain (not streamed) call goes through the SDK's own `post` with the request body as built here and the raw
 response back, read with `json.loads`: the SDK still makes the request (URL, headers, key, timeouts) and raises
@@ -212,9 +212,11 @@ class OpenAIClient(PooledSdkClient):
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
 
-        sdk = self._async_sdk(endpoint, api_key)
+        sdk, key_headers = self._async_sdk(endpoint, api_key)
         body = build_params(endpoint, request)
-        response = await acall_mapped(errors, sdk.post(COMPLETIONS_PATH, body=body, cast_to=httpx2.Response))
+        response = await acall_mapped(
+            errors, sdk.post(COMPLETIONS_PATH, body=body, cast_to=httpx2.Response, options={"headers": key_headers})
+        )
         return result_from_response(response, request)
 
     def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
@@ -254,10 +256,13 @@ class OpenAIClient(PooledSdkClient):
         def midstream_errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key, midstream=True)
 
-        completions = self._async_sdk(endpoint, api_key).chat.completions
+        sdk, key_headers = self._async_sdk(endpoint, api_key)
         params = build_params(endpoint, request)
         stream = await acall_mapped(
-            errors, completions.create(**params, stream=True, stream_options={"include_usage": True})
+            errors,
+            sdk.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True}, extra_headers=key_headers
+            ),
         )
         try:
             while (chunk := await anext_mapped(midstream_errors, stream)) is not DONE:

@@ -1,11 +1,18 @@
 """Shared HTTP connection pools for the provider SDKs.
 
-Each provider client owns one `HttpPool`: one `httpx2.Client` per base URL for the whole process, and
-`httpx2.AsyncClient`s per (running event loop, base URL): one, and more only while many calls are in flight
-(see ASYNC_SHARDS). An async client's connections belong to the loop
-that opened them, and `async_to_sync` runs each call on a loop of its own, so async clients are never shared
-across loops; an entry goes away with its loop. No pooled client carries an API key: the SDKs add it to each
-request, from an SDK client built for that one call.
+Each provider client owns one `HttpPool`: one `httpx2.Client` per base URL for the whole process, and one
+`httpx2.AsyncClient` per (running event loop, base URL). An async client's connections belong to the loop that
+opened them, and `async_to_sync` runs each call on a loop of its own, so async clients are never shared across
+loops; they are closed when their loop shuts down (see `_close_with_loop`).
+
+The async clients use the aiohttp transport the OpenAI and Anthropic SDKs ship for this
+(`DefaultAioHttpClient`): the SDKs still build and send every request through httpx2's interface, and aiohttp
+moves the bytes. httpcore's async pool, the default, looks at every connection it holds each time a request
+starts and ends, and its HTTP/1.1 machine is pure Python: together about 0.3 ms of CPU per call here, a tenth of
+the gateway's budget, and more with many calls in flight. aiohttp's pool takes a connection off a queue, and
+its HTTP parser is C.
+
+No pooled client carries an API key or keeps cookies: a pool serves every config's key.
 """
 
 from __future__ import annotations
@@ -15,67 +22,18 @@ import functools
 import http.cookiejar
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
+import aiohttp
 import httpx2
+from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
+from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
 from .base import require_key
 
 # The SDKs' own defaults: the gateway keeps many slow calls in flight at once.
 LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30.0)
-# Async clients per (loop, base URL). httpcore's pool looks at every connection it holds each time a request
-# starts and each time one ends (is it idle, expired, readable?), so with hundreds of slow calls in flight on one
-# client those scans cost several milliseconds of CPU per call (measured: 256 calls awaiting a 1 s provider). So a
-# call goes to the first client with fewer than ASYNC_SHARD_CALLS calls in flight (the least busy when all are
-# full), up to ASYNC_SHARDS clients: a light load stays on the first client and its keep-alive connections.
-ASYNC_SHARDS = 32
-ASYNC_SHARD_CALLS = 16
-# Each of those keeps at most this many idle connections, so its scans stay short too.
-ASYNC_SHARD_LIMITS = httpx2.Limits(
-    max_connections=1000, max_keepalive_connections=ASYNC_SHARD_CALLS, keepalive_expiry=30.0
-)
-
-
-class _CountingTransport(httpx2.AsyncBaseTransport):
-    """httpx2's transport, counting the calls in flight (until their response is closed)."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport):
-        self.inner = inner
-        self.in_flight = 0
-
-    @property
-    def _pool(self) -> Any:  # httpcore's pool, for tests that look at the connections
-        return self.inner._pool
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        self.in_flight += 1
-        try:
-            response = await self.inner.handle_async_request(request)
-        except BaseException:
-            self.in_flight -= 1
-            raise
-        response.stream = _CountedStream(response.stream, self)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _CountedStream(httpx2.AsyncByteStream):
-    def __init__(self, stream: Any, transport: _CountingTransport):
-        self.stream = stream
-        self.transport: _CountingTransport | None = transport
-
-    async def __aiter__(self):
-        async for chunk in self.stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        transport, self.transport = self.transport, None
-        if transport is not None:
-            transport.in_flight -= 1
-        await self.stream.aclose()
 
 
 @functools.cache
@@ -89,6 +47,83 @@ def _cookie_jar() -> http.cookiejar.CookieJar:
     return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
+def _transport_error(exc: BaseException) -> type[httpx2.TransportError] | None:
+    """The httpx2 error for an aiohttp one, as httpx2's own transport would raise it."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx2.ConnectTimeout
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return httpx2.ReadTimeout
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx2.RemoteProtocolError
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+        return httpx2.ReadError
+    return None
+
+
+class _AiohttpTransport(AiohttpTransport):
+    """The SDKs' aiohttp transport, raising the httpx2 errors httpx2's own transport would.
+
+    Its own table maps every `ClientConnectionError`, a refused connection included, to `ConnectTimeout`, so
+    an unreachable provider would be reported as one that timed out.
+    """
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx2.TransportError as exc:
+            error_class = _transport_error(exc.__cause__)
+            if error_class is None or isinstance(exc, error_class):
+                raise
+            raise error_class(str(exc), request=request) from exc.__cause__
+
+
+def _aiohttp_session() -> aiohttp.ClientSession:
+    """The aiohttp session under an async client: made on its first request, inside the running loop."""
+    connector = aiohttp.TCPConnector(
+        limit=LIMITS.max_connections, keepalive_timeout=LIMITS.keepalive_expiry, ssl=ssl_context()
+    )
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+async def _close_with_loop(clients: list[httpx2.AsyncClient]) -> AsyncGenerator[None, None]:
+    """Close `clients` when their event loop shuts down.
+
+    Started (to its `yield`) inside the loop, this generator is one the loop tracks; `asyncio.run` (and so
+    uvicorn and asgiref's `async_to_sync`) close every such generator in `loop.shutdown_asyncgens()` while the
+    loop still runs, which runs the `finally` here. An aiohttp session left open would otherwise warn when
+    collected, and hold its sockets until then.
+    """
+    try:
+        yield
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def _start(generator: AsyncGenerator[None, None]) -> None:
+    """Run an async generator to its first `yield` from synchronous code inside the running loop."""
+    step = generator.asend(None)
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("the generator awaited before its first yield")
+
+
+class _LoopClients:
+    """The async clients of one event loop, by base URL, closed with the loop."""
+
+    __slots__ = ("by_url", "closing", "closer")
+
+    def __init__(self) -> None:
+        self.by_url: dict[str, httpx2.AsyncClient] = {}
+        self.closing: list[httpx2.AsyncClient] = []
+        self.closer = _close_with_loop(self.closing)  # kept here: the loop holds its generators weakly
+        _start(self.closer)
+
+
 EventHooks = Mapping[str, list[Callable[..., Any]]]
 
 
@@ -100,9 +135,9 @@ class HttpPool:
         self._async_event_hooks = dict(async_event_hooks or {})
         self._lock = threading.Lock()
         self._clients: dict[str, httpx2.Client] = {}
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, list[httpx2.AsyncClient]]
-        ] = weakref.WeakKeyDictionary()
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _options(self) -> dict[str, Any]:
         # No redirects: httpx drops `Authorization` on a cross-origin redirect, but not `x-api-key` or
@@ -125,43 +160,29 @@ class HttpPool:
         return client
 
     def async_client(self, base_url: str) -> httpx2.AsyncClient:
-        """A client of the running loop for `base_url` (see ASYNC_SHARDS); call it from inside that loop."""
+        """The running loop's client for `base_url`; call it from inside that loop."""
         loop = asyncio.get_running_loop()
         clients = self._async_clients.get(loop)
-        shards = clients.get(base_url) if clients is not None else None
-        if shards:
-            least = None
-            for client in shards:
-                calls = client._transport.in_flight
-                if calls < ASYNC_SHARD_CALLS and not client.is_closed:
-                    return client
-                if least is None or calls < least._transport.in_flight:
-                    least = client
-            if len(shards) >= ASYNC_SHARDS and not least.is_closed:
-                return least
+        client = clients.by_url.get(base_url) if clients is not None else None
+        if client is not None and not client.is_closed:
+            return client
         with self._lock:
             for other in [other for other in self._async_clients if other.is_closed()]:
-                # Nothing can close these connections any more; dropping them lets their sockets go.
+                # Closed with their loop already (or never used again): dropping them lets the loop go.
                 del self._async_clients[other]
-            shards = self._async_clients.setdefault(loop, {}).setdefault(base_url, [])
-            shards[:] = [client for client in shards if not client.is_closed]
-            client = self._new_async_client()
-            shards.append(client)
+            clients = self._async_clients.get(loop)
+            if clients is None:
+                clients = self._async_clients[loop] = _LoopClients()
+            client = clients.by_url[base_url] = self._new_async_client()
+            clients.closing.append(client)
         return client
-
-    def async_clients(self, base_url: str) -> list[httpx2.AsyncClient]:
-        """Every client of the running loop for `base_url` (for tests)."""
-        clients = self._async_clients.get(asyncio.get_running_loop()) or {}
-        return list(clients.get(base_url, []))
 
     def _new_async_client(self) -> httpx2.AsyncClient:
-        client = httpx2.AsyncClient(
-            event_hooks=self._async_event_hooks, **{**self._options(), "limits": ASYNC_SHARD_LIMITS}
+        return Httpx2AiohttpClient(
+            transport=_AiohttpTransport(client=_aiohttp_session),
+            event_hooks=self._async_event_hooks,
+            **self._options(),
         )
-        # The client's own transport (as configured above), counted; proxies from the environment, if any, keep
-        # theirs (uncounted: such calls always go to the first client).
-        client._transport = _CountingTransport(client._transport)
-        return client
 
     def close(self) -> None:
         """Close the sync clients (async ones close with their loop). For tests and shutdown."""
@@ -172,22 +193,36 @@ class HttpPool:
 
 
 class PooledSdkClient:
-    """Build an SDK client per call on this provider's shared connection pool.
+    """SDK clients on this provider's shared connection pool, for the OpenAI and Anthropic SDKs (which take the
+    same constructor arguments).
 
-    For the OpenAI and Anthropic SDKs, which take the same constructor arguments. The SDK object is cheap (tens
-    of microseconds) and holds the key only for the call; the connections live in the pool.
+    Sync calls build an SDK object per call, holding the key for that call only. Async calls, the gateway's
+    hot path, share one SDK object per (event loop, base URL, timeout, extra headers), built without the key;
+    each call sends its key in its own request headers (`key_headers`), so the plaintext still lives only as
+    long as the call. Building an SDK object costs about 0.1 ms of CPU, and a fresh async one spends a trip to a
+    thread on its first request (to read the platform for its telemetry headers): together a twentieth of the
+    gateway's budget per call.
     """
 
     name: str
     default_base_url: str
     sdk_class: type
     async_sdk_class: type
+    # Stands in for the key in shared SDK objects, which require one; every request replaces it (key_headers).
+    KEY_PLACEHOLDER = "per-call-key"
 
     def __init__(self, pool: HttpPool | None = None):
         self.pool = pool or HttpPool()
+        self._async_sdks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, tuple[Any, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @staticmethod
+    def key_headers(api_key: str) -> dict[str, str]:
+        """The request headers that carry `api_key`: the one the SDK itself sends for its `api_key`."""
+        return {"Authorization": f"Bearer {api_key}"}
 
     def _options(self, endpoint, api_key: str) -> dict[str, Any]:
-        require_key(self.name, api_key)
         return {
             "api_key": api_key,
             "base_url": endpoint.base_url or self.default_base_url,
@@ -197,9 +232,26 @@ class PooledSdkClient:
         }
 
     def _sdk(self, endpoint, api_key: str):
+        require_key(self.name, api_key)
         options = self._options(endpoint, api_key)
         return self.sdk_class(http_client=self.pool.client(options["base_url"]), **options)
 
-    def _async_sdk(self, endpoint, api_key: str):
-        options = self._options(endpoint, api_key)
-        return self.async_sdk_class(http_client=self.pool.async_client(options["base_url"]), **options)
+    def _async_sdk(self, endpoint, api_key: str) -> tuple[Any, dict[str, str]]:
+        """The shared async SDK object for `endpoint`, and the headers to send `api_key` with on each call."""
+        require_key(self.name, api_key)
+        loop = asyncio.get_running_loop()
+        base_url = endpoint.base_url or self.default_base_url
+        key = (base_url, endpoint.timeout, tuple(sorted(dict(endpoint.extra_headers).items())))
+        http_client = self.pool.async_client(base_url)
+        sdks = self._async_sdks.get(loop)
+        found = sdks.get(key) if sdks is not None else None
+        if found is None or found[0] is not http_client:
+            if sdks is None:
+                for other in [other for other in self._async_sdks if other.is_closed()]:
+                    del self._async_sdks[other]
+                sdks = self._async_sdks.setdefault(loop, {})
+            if len(sdks) >= 256:  # configs come and go; keep the cache bounded
+                sdks.clear()
+            sdk = self.async_sdk_class(http_client=http_client, **self._options(endpoint, self.KEY_PLACEHOLDER))
+            found = sdks[key] = (http_client, sdk)
+        return found[1], self.key_headers(api_key)

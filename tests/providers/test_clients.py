@@ -197,10 +197,16 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def busy_connections(client: httpx2.Client | httpx2.AsyncClient) -> int:
-    """Connections of the pool that are in the middle of a request or response."""
+def busy_connections(client: httpx2.Client) -> int:
+    """Connections of a sync pooled client (httpcore) that are in the middle of a request or response."""
     pool = client._transport._pool
     return sum(1 for connection in pool.connections if not connection.is_idle() and not connection.is_closed())
+
+
+def async_connections(client: httpx2.AsyncClient) -> tuple[int, int]:
+    """(busy, idle) connections of an async pooled client (its aiohttp connector)."""
+    connector = client._transport.client.connector
+    return len(connector._acquired), sum(len(idle) for idle in connector._conns.values())
 
 
 MODES = pytest.mark.parametrize("mode", ["sync", "async"])
@@ -518,9 +524,9 @@ def test_an_async_stream_closed_early_closes_its_http_response(case, fake_provid
         stream = client.astream(case.endpoint(fake_providers), REQUEST, api_key=case.key)
         pool = client.pool.async_client(case.base_url(fake_providers))
         first = await stream.__anext__()
-        busy_before = busy_connections(pool)
+        busy_before = async_connections(pool)[0]
         await stream.aclose()
-        return first, busy_before, busy_connections(pool), stream
+        return first, busy_before, async_connections(pool)[0], stream
 
     first, busy_before, busy_after, stream = asyncio.run(scenario())
 
@@ -550,13 +556,55 @@ def test_async_pools_are_per_event_loop(case, fake_providers):
         await client.agenerate(endpoint, REQUEST, api_key=case.key)
         await client.agenerate(endpoint, REQUEST, api_key=case.key)
         pool = client.pool.async_client(case.base_url(fake_providers))
-        return pool, len(pool._transport._pool.connections)
+        return pool, async_connections(pool)
 
     first_pool, connections = asyncio.run(two_calls())
     second_pool, _ = asyncio.run(two_calls())
 
-    assert connections == 1
+    assert connections == (0, 1)  # both calls on one connection, idle again
     assert first_pool is not second_pool
+    assert first_pool.is_closed  # closed with its loop
+
+
+SDK_CASES = pytest.mark.parametrize("sdk_case", CASES[:2], ids=lambda case: case.type.value)
+
+
+@SDK_CASES
+def test_concurrent_async_calls_on_one_shared_sdk_each_send_their_own_key(sdk_case, fake_providers):
+    client = sdk_case.client_class()
+    endpoint = sdk_case.endpoint(fake_providers)
+    bad_key = sdk_case.key.replace("test", "revoked")
+
+    async def scenario():
+        results = await asyncio.gather(
+            *(client.agenerate(endpoint, REQUEST, api_key=key) for key in (sdk_case.key, bad_key, sdk_case.key)),
+            client.astream(endpoint, REQUEST, api_key=bad_key).__anext__(),
+            return_exceptions=True,
+        )
+        sdk, _ = client._async_sdk(endpoint, sdk_case.key)
+        return results, sdk
+
+    (good, bad, good_again, bad_stream), sdk = asyncio.run(scenario())
+
+    assert isinstance(good, GenerateResult) and isinstance(good_again, GenerateResult)
+    assert isinstance(bad, AuthenticationError) and isinstance(bad_stream, AuthenticationError)
+    assert sdk.api_key == client.KEY_PLACEHOLDER  # the shared object never holds a real key
+
+
+@SDK_CASES
+def test_an_async_call_sends_its_key_once_and_the_placeholder_never(sdk_case):
+    endpoint = Endpoint(sdk_case.type, sdk_case.model, base_url="http://recorded/v1")
+    body = recorded(
+        "openai_chat_ok.json" if sdk_case.type == ProviderType.OPENAI else "anthropic_messages_ok_sdk_snapshot.json"
+    )
+    client, pool = replay(sdk_case, body)
+
+    asyncio.run(client.agenerate(endpoint, REQUEST, api_key=sdk_case.key))
+
+    headers = pool.requests[-1].headers
+    assert headers.get_list("authorization") == [f"Bearer {sdk_case.key}"]
+    assert "x-api-key" not in headers
+    assert not any(client.KEY_PLACEHOLDER in value for value in headers.values())
 
 
 # Recorded wire bodies, served to the real SDKs

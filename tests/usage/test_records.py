@@ -207,6 +207,28 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
     assert not ProviderCooldown.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's query cache: PostgreSQL only")
+def test_the_settlement_message_is_converted_once_then_taken_from_psycopgs_cache(provider_config):
+    from psycopg import _queries
+
+    config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
+    settle = [
+        {"config": config, "reservation": tokens_reserve(config=config, tokens=1_000, now=NOON), "usage": usage}
+        for usage in (TokenUsage(100, 10), TokenUsage(200, 20), TokenUsage(300, 30))
+    ]
+    record(**settle[0])  # converted and cached
+    before = _queries._query2pg_client.cache_info()
+
+    with CaptureQueriesContext(connection) as context:
+        record(**settle[1])
+        record(**settle[2])
+
+    message = max((query["sql"] for query in context.captured_queries), key=len)
+    assert len(message.encode()) > 4096  # over psycopg's own bound (usage.apps.psycopg_query_cache_widen)
+    after = _queries._query2pg_client.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+
+
 def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_only_inserts(provider_config, settings):
     config = provider_config(provider_type="openai", model_name="gpt-4o")
 
