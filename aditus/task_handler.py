@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
@@ -36,6 +37,10 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 from django.utils.module_loading import import_string
+
+from aditus.aio import shielded
+
+logger = logging.getLogger(__name__)
 
 
 def is_task_path(scope) -> bool:
@@ -49,6 +54,14 @@ def is_task_path(scope) -> bool:
             return False
         path = path[len(root) :]
     return path.startswith(settings.TASK_PATH_PREFIXES)
+
+
+async def _run_in_order(work: list) -> None:
+    for job in work:
+        try:
+            await job()
+        except Exception:
+            logger.exception("Work after the response failed: %r", job)
 
 
 class TaskASGIHandler(ASGIHandler):
@@ -93,6 +106,14 @@ class TaskASGIHandler(ASGIHandler):
         request.resolver_match = match
         return match
 
+    @staticmethod
+    async def after_response(request) -> None:
+        """Run what the view left for after the response (`request.after_response`, callables returning
+        awaitables), in order and to the end even if the client goes away meanwhile. A failure is logged (with
+        the request id), not raised: the client has its answer already."""
+        if request.after_response:
+            await shielded(_run_in_order(request.after_response))
+
     async def __call__(self, scope, receive, send):
         # No ThreadSensitiveContext: nothing on this path runs thread-sensitive sync code, and the context would
         # start a thread per request for it.
@@ -115,11 +136,16 @@ class TaskASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             error_response.close()
             return
+        # What the views leave for after the response (tasks.router.record: saving the usage row).
+        request.after_response = []
+        sent = asyncio.Event()
 
         async def process_request(request, send):
             response = await self.run_get_response(request)
             with contextlib.suppress(asyncio.CancelledError):  # the client went away during the send
                 await self.send_response(response, send)
+            sent.set()
+            await self.after_response(request)
             return response
 
         tasks = [
@@ -136,6 +162,10 @@ class TaskASGIHandler(ASGIHandler):
                 except AssertionError:
                     body_file.close()
                     raise
+            elif task is tasks[1] and sent.is_set():
+                # The "disconnect" came after the answer (uvicorn reports one as soon as a response is
+                # complete): the work left for after the response goes on to its end.
+                await task
             else:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

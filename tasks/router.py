@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from aditus.aio import shielded
 from providers.clients import get_client
 from providers.clients.base import (
     AsyncProviderStream,
@@ -49,9 +52,7 @@ from tasks.schemas import OutputInvalid, OutputSchema
 from tasks.selectors import CandidateConfig
 from tasks.services import Prepared, attempt_finish_async, tokens_hold_async
 from usage.models import Outcome, UsageRecord
-from usage.services import LimitExceeded, Reservation
-
-_recording: set[asyncio.Task] = set()
+from usage.services import LimitExceeded, Reservation, attempt_build
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +124,24 @@ class TaskCall:
     `provider_seconds` is the time spent awaiting providers, so that the gateway's own time is the rest.
     """
 
-    __slots__ = ("task", "request_id", "user_id", "started", "provider_seconds", "attempts")
+    __slots__ = ("task", "request_id", "user_id", "started", "provider_seconds", "attempts", "after_response")
 
-    def __init__(self, *, task: str, request_id: str, started: float):
+    def __init__(
+        self,
+        *,
+        task: str,
+        request_id: str,
+        started: float,
+        after_response: list[Callable[[], Awaitable[Any]]] | None = None,
+    ):
         self.task = task
         self.request_id = request_id
         self.user_id: int | None = None
         self.started = started
         self.provider_seconds = 0.0
         self.attempts = 0
+        # Work the server runs once the response has been sent (`aditus.task_handler`); None: no such server.
+        self.after_response = after_response
 
     def gateway_ms(self) -> float:
         return (time.perf_counter() - self.started - self.provider_seconds) * 1000
@@ -171,31 +181,43 @@ async def record(
     model: str | None = None,
     error_type: str = "",
     streamed: bool = False,
+    after_response: bool = False,
 ) -> UsageRecord:
-    """Record one attempt. Shielded: a client going away mid-record must not lose the row or the settlement
-    (a cancelled thread-pool job that had not started yet would never run)."""
-    work = asyncio.ensure_future(
-        attempt_finish_async(
-            reservation=reservation,
-            request_id=call.request_id,
-            user_id=call.user_id,
-            task=call.task,
-            config=candidate.config,
-            provider_type=candidate.provider_type.value,
-            model=model or candidate.endpoint.model,
-            attempt=attempt,
-            outcome=outcome,
-            error_type=error_type,
-            usage=usage,
-            latency_ms=round(latency * 1000),
-            streamed=streamed,
-            known_failures=candidate.known_failures,
-        )
+    """Record one attempt: its row, costed, and the settlement of its reservation.
+
+    The row is built (and costed) here; saving it is a trip to the database thread pool. With
+    `after_response`, and when the server allows it (`call.after_response`, the lean ASGI path), the save waits
+    until the response has been sent: the caller has its answer a database round trip sooner, and the row is
+    written a moment later, before the request ends. Otherwise it is saved now.
+
+    The save is shielded: a client going away mid-record must not lose the row or the settlement (a cancelled
+    thread-pool job that had not started yet would never run).
+    """
+    row = attempt_build(
+        request_id=call.request_id,
+        user_id=call.user_id,
+        task=call.task,
+        config=candidate.config,
+        provider_type=candidate.provider_type.value,
+        model=model or candidate.endpoint.model,
+        attempt=attempt,
+        outcome=outcome,
+        error_type=error_type,
+        usage=usage,
+        latency_ms=round(latency * 1000),
+        streamed=streamed,
     )
-    # The loop holds tasks weakly; a shielded one whose caller was cancelled must be kept alive until done.
-    _recording.add(work)
-    work.add_done_callback(_recording.discard)
-    return await asyncio.shield(work)
+    save = functools.partial(
+        attempt_finish_async,
+        record=row,
+        reservation=reservation,
+        config=candidate.config,
+        known_failures=candidate.known_failures,
+    )
+    if after_response and call.after_response is not None:
+        call.after_response.append(save)
+        return row
+    return await shielded(save())
 
 
 class Router:
@@ -374,6 +396,7 @@ class Router:
                 usage=result.usage,
                 latency=latency,
                 model=result.model,
+                after_response=True,
             )
             return Served(candidate=candidate, result=result, value=value, record=served)
         raise self.exhausted()

@@ -3,9 +3,10 @@
     request_prepare  authenticate, read the input, load the candidate configs with their cooldowns, and
                      reserve tokens for the first candidate
     tokens_hold      reserve tokens for a fallback candidate (nothing to do for configs without limits)
-    attempt_finish   settle the reservation and record the attempt, costed (one per provider attempt)
+    attempt_finish   save an attempt's costed row and settle its reservation (one per provider attempt)
 
-So a request the first candidate serves makes two trips to the thread pool: prepare, then record.
+So a request the first candidate serves makes two trips to the thread pool: prepare, then record (on the lean
+ASGI path, after the response has gone: see `tasks.router.record`).
 
 Each runs in the event loop's database thread pool (`in_thread`, settings.DB_THREADS threads), where every thread
 keeps its own persistent connection; each starts by closing that connection if it is broken or past
@@ -36,7 +37,7 @@ from providers.models import ProviderConfig
 from tasks.responses import TaskError
 from tasks.selectors import CandidateConfig, candidate_configs, estimate_tokens, weighted_order
 from usage.models import UsageRecord
-from usage.services import LimitExceeded, Reservation, attempt_record, tokens_reserve
+from usage.services import LimitExceeded, Reservation, attempt_save, tokens_reserve
 
 NOT_AUTHENTICATED = (
     "Authentication required: send 'Authorization: Bearer <token>' (a token from /api/v1/auth/token), "
@@ -147,10 +148,11 @@ def tokens_hold(*, config: ProviderConfig, tokens: int) -> Reservation | None:
     return tokens_reserve(config=config, tokens=tokens)
 
 
-def attempt_finish(**record: Any) -> UsageRecord:
-    """Record one attempt (see `usage.services.attempt_record`, which also notes the config's health)."""
+def attempt_finish(*, record: UsageRecord, **settle: Any) -> UsageRecord:
+    """Save one attempt's row from `usage.services.attempt_build`, settling its reservation and noting the
+    config's health (see `usage.services.attempt_save`)."""
     close_old_connections()
-    return attempt_record(**record)
+    return attempt_save(record, **settle)
 
 
 # One thread pool per process for the views' database work (settings.DB_THREADS threads), made on first use.

@@ -53,7 +53,12 @@ def _provider(served: Served) -> dict[str, Any]:
 async def _handle(
     request, spec: TaskSpec, read_input: InputReader, build: RequestBuilder, shape: ResultShaper
 ) -> HttpResponse:
-    call = TaskCall(task=spec.task, request_id=_request_id(request), started=time.perf_counter())
+    call = TaskCall(
+        task=spec.task,
+        request_id=_request_id(request),
+        started=time.perf_counter(),
+        after_response=getattr(request, "after_response", None),  # set by aditus.task_handler
+    )
     try:
         if request.method != "POST":
             raise TaskError(405, "method_not_allowed", "Use POST.", headers={"Allow": "POST"})

@@ -408,7 +408,45 @@ def attempt_record(
     Queries: one INSERT when there is nothing to settle or note; with a reservation, one transaction of
     DELETE, two UPDATEs and the INSERT (plus one statement for health when needed). With USAGE_ROLLUPS_ENABLED
     (the default), always a transaction, ending with the two rollup upserts of `usage.rollups.rollup_add`.
+
+    The same as `attempt_build` then `attempt_save`, which a caller may run apart (the costed row is known
+    before anything is written).
     """
+    record = attempt_build(
+        request_id=request_id,
+        user_id=user_id,
+        task=task,
+        config=config,
+        provider_type=provider_type,
+        model=model,
+        attempt=attempt,
+        outcome=outcome,
+        error_type=error_type,
+        usage=usage,
+        latency_ms=latency_ms,
+        streamed=streamed,
+        now=now,
+    )
+    return attempt_save(record, reservation=reservation, config=config, known_failures=known_failures)
+
+
+def attempt_build(
+    *,
+    request_id: str,
+    user_id: int | None,
+    task: str,
+    config: ProviderConfig | None,
+    provider_type: str,
+    model: str,
+    attempt: int,
+    outcome: str,
+    error_type: str = "",
+    usage: TokenUsage | None,
+    latency_ms: int,
+    streamed: bool,
+    now: datetime | None = None,
+) -> UsageRecord:
+    """The usage row of one attempt, checked and costed, not saved (no query: see `attempt_record`)."""
     outcome = Outcome(outcome)
     error_type = ErrorType(error_type).value if error_type else ""
     if attempt < 1:
@@ -417,7 +455,7 @@ def attempt_record(
     usage = usage or TokenUsage()
     model = model or (config.model_name if config is not None else "")
     quote = price_quote(provider_type=provider_type, model=model, usage=usage, config=config, at=now)
-    record = UsageRecord(
+    return UsageRecord(
         created_at=now,
         request_id=request_id,
         user_id=user_id,
@@ -438,6 +476,27 @@ def attempt_record(
         price_source=quote.source,
         latency_ms=max(int(latency_ms), 0),
         streamed=streamed,
+    )
+
+
+def attempt_save(
+    record: UsageRecord,
+    *,
+    reservation: Reservation | None,
+    config: ProviderConfig | None,
+    known_failures: int | None = None,
+) -> UsageRecord:
+    """Save a row from `attempt_build`, settling its reservation and noting the config's health (see
+    `attempt_record`). Returns the row, saved."""
+    now = record.created_at
+    outcome = record.outcome
+    error_type = record.error_type
+    usage = TokenUsage(
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        cache_write_tokens=record.cache_write_tokens,
+        reasoning_tokens=record.reasoning_tokens,
     )
     attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
     total = usage.total_tokens

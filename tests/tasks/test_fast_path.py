@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import pytest
 from django.conf import settings as django_settings
@@ -102,6 +103,61 @@ def test_a_bearer_call_is_served_with_the_security_headers(task_config, ordinary
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["referrer-policy"] == "same-origin"
     assert len(usage_rows()) == 1
+
+
+def test_the_answer_goes_out_before_its_usage_row_is_saved_and_the_row_is_saved_all_the_same(
+    task_config, ordinary_user_token, monkeypatch
+):
+    task_config("openai")
+    from tasks import services
+
+    events: list[str] = []
+    save = services.attempt_save
+
+    def attempt_save(record, **settle):
+        events.append("saved")
+        return save(record, **settle)
+
+    monkeypatch.setattr(services, "attempt_save", attempt_save)
+
+    async def application(scope, receive, send):
+        async def noting_send(message):
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                events.append("answered")
+            await send(message)
+
+        from aditus.asgi import application as real
+
+        await real(scope, receive, noting_send)
+
+    # asgi_call's client reports a disconnect as soon as the answer is complete, as uvicorn does.
+    status, _, body = asgi_call(
+        COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"}, application=application
+    )
+
+    assert status == 200, body
+    assert events == ["answered", "saved"]
+    [row] = usage_rows()
+    assert row.outcome == "success" and row.cost_usd == Decimal(json.loads(body)["cost_usd"])
+
+
+def test_a_usage_row_that_cannot_be_saved_after_the_answer_is_logged(
+    task_config, ordinary_user_token, monkeypatch, caplog
+):
+    task_config("openai")
+    from tasks import services
+
+    def attempt_save(record, **settle):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(services, "attempt_save", attempt_save)
+
+    status, _, body = asgi_call(COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"})
+
+    assert status == 200, body
+    assert usage_rows() == []
+    [logged] = [record for record in caplog.records if "after the response failed" in record.getMessage()]
+    assert logged.levelname == "ERROR" and "database went away" in logged.exc_text
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer not-a-token"])
