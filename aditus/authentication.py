@@ -35,6 +35,15 @@ def bearer_token_user(header: bytes | str):
     Makes one query (token, user and OTP device together, hand-written: see `_token_lookup`), plus a write at
     most once a minute (`mark_used`).
     """
+    secret = bearer_token_secret(header)
+    if secret is None:
+        return None
+    return token_user(secret)
+
+
+def bearer_token_secret(header: bytes | str) -> str | None:
+    """The token in an `Authorization` header value; None when it is not a bearer header. Raise
+    `InvalidBearerToken` when it is one but malformed. No query."""
     if isinstance(header, str):
         header = header.encode("latin-1", "replace")
     parts = header.split()
@@ -50,12 +59,22 @@ def bearer_token_user(header: bytes | str):
         raise InvalidBearerToken("Invalid bearer token.") from None
     if len(secret) > MAX_TOKEN_LENGTH:
         raise InvalidBearerToken("Invalid bearer token.")
-    return token_user(secret)
+    return secret
 
 
-def token_user(secret: str):
-    """Return (user, token) for a token's plaintext; raise `InvalidBearerToken` if it does not authenticate."""
-    token = _token_with_user_and_device(ApiToken.hash_secret(secret))
+_NOT_READ = object()
+
+
+def token_user(secret: str, *, row: tuple | None = _NOT_READ):
+    """Return (user, token) for a token's plaintext; raise `InvalidBearerToken` if it does not authenticate.
+
+    `row` is the result of `token_query(secret)` when the caller ran it (None: no such token); without it,
+    the query runs here.
+    """
+    if row is _NOT_READ:
+        token = _token_with_user_and_device(ApiToken.hash_secret(secret))
+    else:
+        token = _token_from_row(row, _token_connection())
     if token is None:
         raise InvalidBearerToken("Invalid bearer token.")
     if token.is_revoked:
@@ -71,6 +90,14 @@ def token_user(secret: str):
     user.otp_device = token.otp_device if token.is_mfa_verified else None
     user.is_verified = functools.partial(is_verified, user)
     return user, token
+
+
+def token_query(secret: str) -> tuple[str, list[str]]:
+    """The token lookup for a plaintext (SQL and parameters), for a caller that sends it together with other
+    statements; hand its row (or None) to `token_user`."""
+    connection = _token_connection()
+    sql, _parts = _token_lookup(connection.vendor, connection.alias)
+    return sql, [ApiToken.hash_secret(secret)]
 
 
 @dataclass(frozen=True)
@@ -133,15 +160,24 @@ def _token_lookup(vendor: str, alias: str) -> tuple[str, tuple[_Part, _Part, _Pa
     return sql, parts
 
 
+def _token_connection():
+    return connections[router.db_for_read(ApiToken)]
+
+
 def _token_with_user_and_device(token_hash: str) -> ApiToken | None:
     """The token with that hash, its user and its OTP device (or None) loaded: one query."""
-    connection = connections[router.db_for_read(ApiToken)]
-    sql, (token_part, user_part, device_part) = _token_lookup(connection.vendor, connection.alias)
+    connection = _token_connection()
+    sql, _parts = _token_lookup(connection.vendor, connection.alias)
     with connection.cursor() as cursor:
         cursor.execute(sql, [token_hash])
         row = cursor.fetchone()
+    return _token_from_row(row, connection)
+
+
+def _token_from_row(row: tuple | None, connection) -> ApiToken | None:
     if row is None:
         return None
+    _sql, (token_part, user_part, device_part) = _token_lookup(connection.vendor, connection.alias)
     token_end = len(token_part.fields)
     user_end = token_end + len(user_part.fields)
     token = token_part.instance(row[:token_end], connection)

@@ -80,14 +80,25 @@ class CandidateConfig:
 
 def candidate_configs(task: str, *, now: datetime | None = None) -> list[CandidateConfig]:
     """The active configs serving `task`, by priority, with their cooldowns. One query."""
+    sql, params = candidates_query(task)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return candidates_from_rows(rows, now=now)
+
+
+def candidates_query(task: str) -> tuple[str, list]:
+    """The candidates query for `task` (SQL and parameters), for a caller that sends it together with other
+    statements; hand its rows to `candidates_from_rows`."""
     sql = _SQL.get(task)
     if sql is None:
         sql = _SQL[task] = _candidates_sql(task)
+    return sql, [True, True]
+
+
+def candidates_from_rows(rows: Iterable[tuple], *, now: datetime | None = None) -> list[CandidateConfig]:
     now = now or timezone.now()
     api_key = ProviderConfig._meta.get_field("api_key")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [True, True])
-        rows = cursor.fetchall()
     candidates = []
     for row in rows:
         values = dict(zip(CANDIDATE_FIELDS, row, strict=False))

@@ -71,9 +71,27 @@ def _upsert_sql(table: str, dimensions: tuple[str, ...]) -> str:
     )
 
 
+def _upsert_one_array_sql(table: str, dimensions: tuple[str, ...]) -> str:
+    """PostgreSQL: `_upsert_sql` with the measures in one parameter, a comma-separated list of integers.
+
+    The same statement, with a sixth of the parameters: psycopg quotes each parameter in Python, which for the
+    forty-odd measures of two rollups was about 0.1 ms of CPU per recorded call.
+    """
+    columns = (*dimensions, *ROLLUP_MEASURES)
+    values = [*(["%s"] * len(dimensions)), *(f"m[{index}]" for index in range(1, len(ROLLUP_MEASURES) + 1))]
+    additions = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in ROLLUP_MEASURES)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(values)} "  # noqa: S608
+        "FROM (SELECT string_to_array(%s, ',')::bigint[] AS m) AS measures "
+        f"ON CONFLICT ({', '.join(dimensions)}) DO UPDATE SET {additions}"
+    )
+
+
 # Table and column names come from the models; every value is a parameter.
 _DAILY_UPSERT = _upsert_sql(DAILY_TABLE, DAILY_DIMENSIONS)
 _DAILY_USER_UPSERT = _upsert_sql(DAILY_USER_TABLE, DAILY_USER_DIMENSIONS)
+_DAILY_UPSERT_PG = _upsert_one_array_sql(DAILY_TABLE, DAILY_DIMENSIONS)
+_DAILY_USER_UPSERT_PG = _upsert_one_array_sql(DAILY_USER_TABLE, DAILY_USER_DIMENSIONS)
 
 
 def rollups_enabled() -> bool:
@@ -174,6 +192,12 @@ def rollup_statements(*, record: UsageRecord) -> list[tuple[str, list]]:
     config_id = record.provider_config_id or 0
     kind = (record.provider_type, record.model, record.task)
     # The same order in every transaction, so concurrent recorders lock rows in the same order.
+    if connection.vendor == "postgresql":
+        listed = ",".join(map(str, values))
+        return [
+            (_DAILY_UPSERT_PG, [day, config_id, *kind, listed]),
+            (_DAILY_USER_UPSERT_PG, [day, record.user_id or 0, config_id, *kind, listed]),
+        ]
     return [
         (_DAILY_UPSERT, [day, config_id, *kind, *values]),
         (_DAILY_USER_UPSERT, [day, record.user_id or 0, config_id, *kind, *values]),

@@ -38,6 +38,7 @@ from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from aditus.db import results_in_one_message
 from providers.clients.base import ErrorType, TokenUsage
 from usage.alerts import budget_crossings_record
 from usage.metrics import attempt_observe
@@ -591,16 +592,10 @@ def _record_in_one_message(
     # The rollups last, so the rows every concurrent call of a bucket updates are locked the shortest time.
     statements.extend(rollup_statements(record=record))
 
-    results: list[list[tuple] | None] = []
     # Inside a caller's transaction, a savepoint, so that a failure undoes this call's statements only.
     inner = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    with inner, connection.cursor() as cursor:
-        sql = ";\n".join(statement for statement, _ in statements)
-        cursor.execute(sql, [value for _, params in statements for value in params])
-        for position in range(len(statements)):
-            if position and not cursor.nextset():
-                raise RuntimeError("PostgreSQL returned fewer results than statements sent")
-            results.append(cursor.fetchall() if cursor.description is not None else None)
+    with inner:
+        results = results_in_one_message(statements)
     record.pk = results[insert_position][0][0]
     record._state.adding = False
     record._state.db = connection.alias

@@ -520,8 +520,11 @@ def test_a_stream_closed_early_closes_its_http_response(case, fake_providers):
 def test_an_async_stream_closed_early_closes_its_http_response(case, fake_providers):
     client = case.client_class()
 
+    # The provider stalls after the first delta, so the response is surely still open when the stream is closed.
+    endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Stall-Ms": "5000"})
+
     async def scenario():
-        stream = client.astream(case.endpoint(fake_providers), REQUEST, api_key=case.key)
+        stream = client.astream(endpoint, REQUEST, api_key=case.key)
         pool = client.pool.async_client(case.base_url(fake_providers))
         first = await stream.__anext__()
         busy_before = async_connections(pool)[0]
