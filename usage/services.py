@@ -560,17 +560,17 @@ def _record_in_one_message(
     already in one, which they then join), so the row, the settlement, the health note and the rollups still
     commit together or not at all. The counter and rollup rows, which every call of a config or a bucket
     updates, stay locked only while PostgreSQL runs and commits the message: no round trip back to this process
-    in between (see `_reserve_in_one_statement`). Same statements and order as the general path.
+    in between (see `_reserve_in_one_statement`). The general path's statements, with the counters moved last.
 
     Two rare cases take a second trip after the commit: a reservation that had expired and been released (the
     tokens are still added to the current windows, in a transaction of their own), and a budget threshold
     crossed (the alert is inserted then: if the process died in between, that alert would be lost, never
     duplicated; the counter update that crossed it is committed either way).
     """
-    statements: list[tuple[str, list]] = []
+    counting: list[tuple[str, list]] = []  # the settlement, or the tokens added without a reservation
     if reservation is not None:
         tokens = reservation.tokens
-        statements.append(
+        counting.append(
             (
                 _SETTLE_ONE_STATEMENT,
                 [
@@ -582,15 +582,19 @@ def _record_in_one_message(
     elif count_without_reservation:
         windows = Windows.at(now)
         for period in (Period.MONTH, Period.DAY):
-            statements.append((_COUNTER_ADD_USED, [config.pk, period, _db_date(windows.start(period)), total]))
+            counting.append((_COUNTER_ADD_USED, [config.pk, period, _db_date(windows.start(period)), total]))
+    statements: list[tuple[str, list]] = []
     if health == "reset":
         statements.append((_COOLDOWN_RESET, [config.pk]))
     elif health == "failure":
         statements.append((_COOLDOWN_FAILURE, _failure_params(config.pk, record.error_type, now)))
     insert_position = len(statements)
     statements.append(_usage_insert(record))
-    # The rollups last, so the rows every concurrent call of a bucket updates are locked the shortest time.
     statements.extend(rollup_statements(record=record))
+    # The counters last: the next call's reservation waits for these rows, so they stay locked only for the
+    # commit (the rollup rows are contended only by other recordings, which run after their responses).
+    counting_position = len(statements)
+    statements.extend(counting)
 
     # Inside a caller's transaction, a savepoint, so that a failure undoes this call's statements only.
     inner = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
@@ -602,13 +606,13 @@ def _record_in_one_message(
 
     counters: list[tuple] = []
     if reservation is not None:
-        counters = results[0]
+        counters = results[counting_position]
         if not counters and total:
             # Expired and released by a sweep: the tokens were still spent.
             with transaction.atomic(), connection.cursor() as cursor:
                 counters = _used_add(cursor, reservation.config_id, total, Windows.at(now))
     elif count_without_reservation:
-        counters = [results[0][0], results[1][0]]
+        counters = [results[counting_position][0], results[counting_position + 1][0]]
     budget_crossings_record(config=config, counters=counters, tokens=total)
 
 

@@ -200,8 +200,9 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
     if connection.vendor == "postgresql":
         # one round trip: the claim and both settlements are one statement
         assert len([query for query in context.captured_queries if "SAVEPOINT" not in query["sql"]]) == 1, sql
-        assert first_words(sql) == ["WITH", "UPDATE", "INSERT", "INSERT", "INSERT"], sql
-        assert "DELETE FROM usage_tokenreservation" in sql[0]
+        # the counters last, so the next reservation waits for their rows only during the commit
+        assert first_words(sql) == ["UPDATE", "INSERT", "INSERT", "INSERT", "WITH"], sql
+        assert "DELETE FROM usage_tokenreservation" in sql[-1]
     else:
         assert first_words(sql) == ["DELETE", "UPDATE", "UPDATE", "UPDATE", "INSERT", "INSERT", "INSERT"], sql
     assert not ProviderCooldown.objects.exists()
@@ -255,6 +256,6 @@ def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provid
 
     sql = captured(context)
     if connection.vendor == "postgresql":
-        assert first_words(sql) == ["WITH", "INSERT", "INSERT", "INSERT"], sql
+        assert first_words(sql) == ["INSERT", "INSERT", "INSERT", "WITH"], sql
     else:
         assert first_words(sql) == ["DELETE", "UPDATE", "UPDATE", "INSERT", "INSERT", "INSERT"], sql
