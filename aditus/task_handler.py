@@ -6,7 +6,11 @@ through `sync_to_async`, i.e. a trip to a thread and back per hook, and its hand
 request). For the task endpoints that was about 2-3 ms of CPU per call, most of the gateway's budget.
 
 `aditus.asgi.application` sends requests under TASK_PATH_PREFIXES here and everything else to Django's usual
-handler. What the task endpoints need of the full stack is kept (settings.TASK_MIDDLEWARE):
+handler. Views may leave work for after the response (`request.after_response`: saving the usage row of the
+attempt that answered, see `tasks.router.record`); it runs once the response is sent, before the request ends,
+and to its end even if the client goes away.
+
+What the task endpoints need of the full stack is kept (settings.TASK_MIDDLEWARE):
 
 - request ids (RequestIdMiddleware);
 - the https redirect, HSTS and the other security headers (SecurityMiddleware), host validation against
