@@ -19,17 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
+import queue
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 from django.middleware.csrf import CsrfViewMiddleware
 
 from aditus.authentication import InvalidBearerToken, bearer_token_secret, bearer_token_user, token_query, token_user
@@ -192,41 +191,96 @@ def attempt_finish(*, record: UsageRecord, **settle: Any) -> UsageRecord:
     return attempt_save(record, **settle)
 
 
-# One thread pool per process for the views' database work (settings.DB_THREADS threads), made on first use.
-# Each thread keeps its own database connection. Not the loop's default executor (min(32, CPUs + 4) threads: 6 on
-# two cores, too few when some wait on a locked row) and not asgiref's sync_to_async, whose bookkeeping costs
-# more CPU than the hop itself.
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
+# One pool of threads per process for the views' database work (settings.DB_THREADS threads), started on first
+# use. Each thread keeps its own database connection. Not the loop's default executor (min(32, CPUs + 4) threads:
+# 6 on two cores, too few when some wait on a locked row), not asgiref's sync_to_async, whose bookkeeping costs more
+# CPU than the hop itself, and not a ThreadPoolExecutor: its `concurrent.futures.Future` (a Condition each), the
+# idle-thread semaphore and the chaining to an asyncio future were ~30 µs of CPU per hop, two hops per call.
+# Here a job is a queue entry, and its result goes straight to the caller's asyncio future.
+class DatabaseThreads:
+    """Threads that run sync functions for coroutines; see `in_thread`."""
+
+    def __init__(self, size: int):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"aditus-db-{number}", daemon=True) for number in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> asyncio.Future:
+        """Run `function(**kwargs)` in a thread, in a copy of the caller's context; its result or exception comes
+        back in the returned future of the running loop. A job whose future is cancelled before a thread takes it
+        does not run."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, contextvars.copy_context(), function, kwargs))
+        return future
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                loop, future, context, function, kwargs = job
+                if future.cancelled():
+                    continue
+                try:
+                    result = context.run(function, **kwargs)
+                except BaseException as error:  # noqa: BLE001 - handed to the caller, as a thread pool would
+                    _settle(loop, future, error, failed=True)
+                else:
+                    _settle(loop, future, result, failed=False)
+        finally:
+            connections.close_all()  # this thread's connections go with it
 
 
-def executor() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        with _executor_lock:
-            if _executor is None:
-                _executor = ThreadPoolExecutor(max_workers=settings.DB_THREADS, thread_name_prefix="aditus-db")
-    return _executor
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, value: Any, *, failed: bool) -> None:
+    def done() -> None:
+        if future.cancelled():  # the caller went away meanwhile: nobody wants the result
+            return
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+        loop.call_soon_threadsafe(done)
+
+
+_threads: DatabaseThreads | None = None
+_threads_lock = threading.Lock()
+
+
+def database_threads() -> DatabaseThreads:
+    global _threads
+    if _threads is None:
+        with _threads_lock:
+            if _threads is None:
+                _threads = DatabaseThreads(settings.DB_THREADS)
+    return _threads
 
 
 def executor_shutdown() -> None:
-    """Stop the pool's threads (their database connections go with them once collected). For tests."""
-    global _executor
-    with _executor_lock:
-        pool, _executor = _executor, None
-    if pool is not None:
-        pool.shutdown(wait=True)
+    """Stop the threads, closing their database connections. For tests."""
+    global _threads
+    with _threads_lock:
+        threads, _threads = _threads, None
+    if threads is not None:
+        threads.shutdown()
 
 
 def in_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """An async face of a sync function: runs it in the database thread pool, in a copy of the caller's
-    context (the request id). Like sync_to_async(thread_sensitive=False): cancelling the caller abandons the
-    result, and a job that has not started yet does not run."""
+    """An async face of a sync function: runs it in the database threads, in a copy of the caller's context (the
+    request id). Like sync_to_async(thread_sensitive=False): cancelling the caller abandons the result, and a job
+    that has not started yet does not run."""
 
     async def run(**kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, function, **kwargs)
-        return await loop.run_in_executor(executor(), call)
+        return await database_threads().submit(function, kwargs)
 
     run.__name__ = run.__qualname__ = f"{function.__name__}_async"
     return run
