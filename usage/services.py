@@ -490,19 +490,11 @@ def attempt_save(
     """Save a row from `attempt_build`, settling its reservation and noting the config's health (see
     `attempt_record`). Returns the row, saved."""
     now = record.created_at
-    outcome = record.outcome
     error_type = record.error_type
-    usage = TokenUsage(
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cached_input_tokens=record.cached_input_tokens,
-        cache_write_tokens=record.cache_write_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-    )
     attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
-    total = usage.total_tokens
+    total = record.total_tokens
     count_without_reservation = reservation is None and total > 0 and _has_limits(config)
-    health = _health_change(config, outcome, error_type, known_failures)
+    health = _health_change(config, record.outcome, error_type, known_failures)
     if connection.vendor == "postgresql":
         _record_in_one_message(
             record,
