@@ -113,12 +113,14 @@ def _start(generator: AsyncGenerator[None, None]) -> None:
 
 
 class _LoopClients:
-    """The async clients of one event loop, by base URL, closed with the loop."""
+    """The async clients of one event loop, by base URL, closed with the loop; and what was built on them
+    (`HttpPool.async_shared`)."""
 
-    __slots__ = ("by_url", "closing", "closer")
+    __slots__ = ("by_url", "shared", "closing", "closer")
 
     def __init__(self) -> None:
         self.by_url: dict[str, httpx2.AsyncClient] = {}
+        self.shared: dict[tuple, tuple[httpx2.AsyncClient, Any]] = {}
         self.closing: list[httpx2.AsyncClient] = []
         self.closer = _close_with_loop(self.closing)  # kept here: the loop holds its generators weakly
         _start(self.closer)
@@ -177,6 +179,20 @@ class HttpPool:
             clients.closing.append(client)
         return client
 
+    def async_shared(self, base_url: str, key: tuple, build: Callable[[httpx2.AsyncClient], Any]) -> Any:
+        """An object built on the running loop's client for `base_url` (`build(client)`: an SDK object), kept by
+        (base URL, `key`) as long as that client serves; call it from inside the loop."""
+        client = self.async_client(base_url)
+        clients = self._async_clients.get(asyncio.get_running_loop())
+        if clients is None:  # a pool that keeps no clients (a test double) keeps nothing built on them either
+            return build(client)
+        found = clients.shared.get((base_url, key))
+        if found is None or found[0] is not client:
+            if len(clients.shared) >= 256:  # configs come and go; keep it bounded
+                clients.shared.clear()
+            found = clients.shared[(base_url, key)] = (client, build(client))
+        return found[1]
+
     def _new_async_client(self) -> httpx2.AsyncClient:
         return Httpx2AiohttpClient(
             transport=_AiohttpTransport(client=_aiohttp_session),
@@ -213,9 +229,6 @@ class PooledSdkClient:
 
     def __init__(self, pool: HttpPool | None = None):
         self.pool = pool or HttpPool()
-        self._async_sdks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, tuple[Any, Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     @staticmethod
     def key_headers(api_key: str) -> dict[str, str]:
@@ -239,19 +252,10 @@ class PooledSdkClient:
     def _async_sdk(self, endpoint, api_key: str) -> tuple[Any, dict[str, str]]:
         """The shared async SDK object for `endpoint`, and the headers to send `api_key` with on each call."""
         require_key(self.name, api_key)
-        loop = asyncio.get_running_loop()
         base_url = endpoint.base_url or self.default_base_url
-        key = (base_url, endpoint.timeout, tuple(sorted(dict(endpoint.extra_headers).items())))
-        http_client = self.pool.async_client(base_url)
-        sdks = self._async_sdks.get(loop)
-        found = sdks.get(key) if sdks is not None else None
-        if found is None or found[0] is not http_client:
-            if sdks is None:
-                for other in [other for other in self._async_sdks if other.is_closed()]:
-                    del self._async_sdks[other]
-                sdks = self._async_sdks.setdefault(loop, {})
-            if len(sdks) >= 256:  # configs come and go; keep the cache bounded
-                sdks.clear()
-            sdk = self.async_sdk_class(http_client=http_client, **self._options(endpoint, self.KEY_PLACEHOLDER))
-            found = sdks[key] = (http_client, sdk)
-        return found[1], self.key_headers(api_key)
+        sdk = self.pool.async_shared(
+            base_url,
+            (endpoint.timeout, tuple(sorted(dict(endpoint.extra_headers).items()))),
+            lambda client: self.async_sdk_class(http_client=client, **self._options(endpoint, self.KEY_PLACEHOLDER)),
+        )
+        return sdk, self.key_headers(api_key)

@@ -585,6 +585,7 @@ def test_concurrent_async_calls_on_one_shared_sdk_each_send_their_own_key(sdk_ca
             return_exceptions=True,
         )
         sdk, _ = client._async_sdk(endpoint, sdk_case.key)
+        assert client._async_sdk(endpoint, bad_key)[0] is sdk  # one object for every key
         return results, sdk
 
     (good, bad, good_again, bad_stream), sdk = asyncio.run(scenario())
