@@ -265,7 +265,7 @@ def database_threads() -> DatabaseThreads:
     return _threads
 
 
-def executor_shutdown() -> None:
+def database_threads_shutdown() -> None:
     """Stop the threads, closing their database connections. For tests."""
     global _threads
     with _threads_lock:

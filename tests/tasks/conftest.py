@@ -130,9 +130,9 @@ def _release_thread_pool_connections(django_db_setup):
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from tasks.services import executor_shutdown
+    from tasks.services import database_threads_shutdown
 
-    executor_shutdown()  # the views' database threads: their connections go with them
+    database_threads_shutdown()  # the views' database threads close their connections as they stop
     gc.collect()
     executor = getattr(SyncToAsync, "single_thread_executor", None)
     if executor is not None:
