@@ -82,6 +82,9 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
     )
 }
+# The task endpoints' hot statements are prepared once per connection on PostgreSQL (aditus.db.prepared). Turn off
+# behind a pooler in transaction mode (PgBouncer), which moves a session's statements between connections.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from aditus.models import ApiToken
 from tasks.responses import TaskError
 from tasks.services import user_and_candidates
+from tests.queries import sent_queries
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +28,7 @@ def test_the_token_and_the_candidates_are_read_together(task_config, ordinary_us
 
     assert user.pk == ordinary_user.pk
     assert [candidate.config.pk for candidate in candidates] == [config.pk]
-    sent = [query["sql"] for query in context.captured_queries]
+    sent = sent_queries(context)
     if connection.vendor == "postgresql":
         [message] = sent
         assert message.count("SELECT") >= 2 and ";\n" in message

@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from providers.clients.base import TokenUsage
+from tests.queries import sent_queries
 from usage import services
 from usage.models import Period, TokenCounter, TokenReservation, UsageRecord
 from usage.services import LimitExceeded, attempt_record, reservations_expire, tokens_reserve, usage_for_config
@@ -42,8 +43,9 @@ def record(config, reservation, *, input_tokens: int, output_tokens: int, now=No
 
 
 def statements(context: CaptureQueriesContext) -> list[str]:
-    """The SQL a block ran, without the savepoints the test's own transaction adds."""
-    return [query["sql"] for query in context.captured_queries if "SAVEPOINT" not in query["sql"].upper()]
+    """The SQL a block ran, without the savepoints the test's own transaction adds (prepared statements read as
+    their SQL)."""
+    return [query for query in sent_queries(context) if "SAVEPOINT" not in query.upper()]
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from providers.clients.base import TokenUsage
+from tests.queries import sent_queries
 from usage import services
 from usage.models import ProviderCooldown, TokenCounter, UsageRecord
 from usage.services import attempt_record, tokens_reserve
@@ -22,12 +23,13 @@ def _no_opportunistic_sweep(monkeypatch):
 
 def captured(context: CaptureQueriesContext) -> list[str]:
     """The statements a block sent, without the test transaction's savepoints. On PostgreSQL attempt_record
-    sends its statements as one message (`usage.services._record_in_one_message`): split, one each."""
+    sends its statements as one message (`usage.services._record_in_one_message`): split, one each, and each
+    prepared statement read as its SQL (without the PREPARE sent on a connection's first use)."""
     return [
         statement
-        for query in context.captured_queries
-        if "SAVEPOINT" not in query["sql"].upper()
-        for statement in query["sql"].split(";\n")
+        for query in sent_queries(context)
+        if "SAVEPOINT" not in query.upper()
+        for statement in query.split(";\n")
     ]
 
 
@@ -199,7 +201,7 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
     # it to the daily and the daily-by-user rollups
     if connection.vendor == "postgresql":
         # one round trip: the claim and both settlements are one statement
-        assert len([query for query in context.captured_queries if "SAVEPOINT" not in query["sql"]]) == 1, sql
+        assert len([query for query in sent_queries(context) if "SAVEPOINT" not in query]) == 1, sql
         # the counters last, so the next reservation waits for their rows only during the commit
         assert first_words(sql) == ["UPDATE", "INSERT", "INSERT", "INSERT", "WITH"], sql
         assert "DELETE FROM usage_tokenreservation" in sql[-1]
@@ -209,9 +211,10 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's query cache: PostgreSQL only")
-def test_the_settlement_message_is_converted_once_then_taken_from_psycopgs_cache(provider_config):
+def test_the_settlement_message_is_converted_once_then_taken_from_psycopgs_cache(provider_config, settings):
     from psycopg import _queries
 
+    settings.DATABASE_PREPARED_STATEMENTS = False  # prepared, the message is a few short EXECUTEs
     config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
     settle = [
         {"config": config, "reservation": tokens_reserve(config=config, tokens=1_000, now=NOON), "usage": usage}

@@ -1,0 +1,83 @@
+"""aditus.db: several statements in one round trip, and statements prepared once per connection (PostgreSQL)."""
+
+import uuid
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from aditus.db import prepared, results_in_one_message, statement_sources
+
+postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
+
+# Statements no other code sends; ADD_ONCE differs in every run of this module, so the first test's use of it is
+# its first use on the connection whatever ran before.
+ADD = "SELECT %s::int + %s::int, '100%%'"
+ADD_ONCE = f"{ADD} /* {uuid.uuid4().hex} */"
+NAMED = "SELECT %(b)s::int - %(a)s::int, %(a)s::int * 2"
+
+
+def run(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(*prepared(sql, params))
+        return cursor.fetchall()
+
+
+@postgresql_only
+@pytest.mark.django_db
+def test_a_statement_is_prepared_on_first_use_and_executed_after():
+    with CaptureQueriesContext(connection) as first:
+        assert run(ADD_ONCE, [2, 3]) == [(5, "100%")]
+    with CaptureQueriesContext(connection) as second:
+        assert run(ADD_ONCE, [4, 5]) == [(9, "100%")]
+
+    prepare, execute = (query["sql"] for query in first.captured_queries)
+    assert prepare.startswith("PREPARE aditus_") and "$1::int + $2::int, '100%'" in prepare
+    assert execute.startswith("EXECUTE aditus_") and execute.endswith("(2, 3)")
+    [again] = (query["sql"] for query in second.captured_queries)
+    assert again.startswith("EXECUTE aditus_") and again.endswith("(4, 5)")
+    assert statement_sources(again) == ADD_ONCE
+
+
+@postgresql_only
+@pytest.mark.django_db
+def test_named_parameters_are_numbered_once_each():
+    assert run(NAMED, {"a": 3, "b": 10}) == [(7, 6)]
+    assert run(NAMED, {"b": 1, "a": 5}) == [(-4, 10)]
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_new_connection_prepares_again_and_a_rollback_keeps_what_was_prepared():
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        assert run(ADD, [1, 1]) == [(2, "100%")]  # prepared inside a transaction that is then rolled back
+        raise ZeroDivisionError
+    with CaptureQueriesContext(connection) as context:
+        assert run(ADD, [1, 2]) == [(3, "100%")]
+    assert [query["sql"].split()[0] for query in context.captured_queries] == ["EXECUTE"]
+
+    connection.close()
+    with CaptureQueriesContext(connection) as context:
+        assert run(ADD, [2, 2]) == [(4, "100%")]
+    assert [query["sql"].split()[0] for query in context.captured_queries] == ["PREPARE", "EXECUTE"]
+
+
+@postgresql_only
+@pytest.mark.django_db
+def test_one_message_of_prepared_statements_returns_each_result():
+    results = results_in_one_message([(ADD, [1, 2]), ("SELECT %s::int - %s::int", [9, 4])])
+
+    assert results == [[(3, "100%")], [(5,)]]
+
+
+@pytest.mark.django_db
+def test_without_prepared_statements_the_sql_is_sent_as_it_is(settings):
+    settings.DATABASE_PREPARED_STATEMENTS = False
+    plain = "SELECT %s + %s, '100%%'"
+
+    assert prepared(plain, [1, 2]) == (plain, [1, 2])
+    assert run(plain, [1, 2]) == [(3, "100%")]
+
+
+def test_statement_sources_leave_other_sql_alone():
+    assert statement_sources("SELECT 1; EXECUTE someone_elses(1)") == "SELECT 1; EXECUTE someone_elses(1)"
