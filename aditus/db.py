@@ -19,16 +19,16 @@ def results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[l
 
     PostgreSQL runs the statements of one simple-protocol message as one transaction (or as part of the
     caller's, if there is one), so they commit together or not at all. Django's PostgreSQL cursors bind
-    parameters on the client side, which is what lets a message hold several statements. Each statement is sent
-    as `prepared` gives it.
+    parameters on the client side (`mogrify`), which is what lets a message hold several statements. Each
+    statement is sent as `prepared` gives it.
     """
     if connection.vendor != "postgresql":
         raise RuntimeError("results_in_one_message needs PostgreSQL")
-    statements = [prepared(sql, params) for sql, params in statements]
     results: list[list[tuple] | None] = []
-    sql = ";\n".join(statement for statement, _ in statements)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for _, params in statements for value in params])
+        # Each statement bound on its own and the message sent as it is: psycopg caches how it splits a query
+        # around its placeholders per query text, and a message's text changes with what it holds.
+        cursor.execute(";\n".join(cursor.mogrify(*prepared(sql, params)) for sql, params in statements))
         for position in range(len(statements)):
             if position and not cursor.nextset():
                 raise RuntimeError("PostgreSQL returned fewer results than statements sent")

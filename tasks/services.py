@@ -3,7 +3,8 @@
     request_prepare  authenticate, read the input, load the candidate configs with their cooldowns, and
                      reserve tokens for the first candidate
     tokens_hold      reserve tokens for a fallback candidate (nothing to do for configs without limits)
-    attempt_finish   save an attempt's costed row and settle its reservation (one per provider attempt)
+    attempts_finish  save attempts' costed rows and settle their reservations (`AttemptWriter`: the attempts
+                     of concurrent requests that wait at the same time go together)
 
 So a request the first candidate serves makes two trips to the thread pool: prepare, then record (on the lean
 ASGI path, after the response has gone: see `tasks.router.record`).
@@ -21,6 +22,7 @@ import contextlib
 import contextvars
 import queue
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -45,7 +47,7 @@ from tasks.selectors import (
     weighted_order,
 )
 from usage.models import UsageRecord
-from usage.services import LimitExceeded, Reservation, attempt_save, tokens_reserve
+from usage.services import LimitExceeded, Reservation, attempts_save, tokens_reserve
 
 NOT_AUTHENTICATED = (
     "Authentication required: send 'Authorization: Bearer <token>' (a token from /api/v1/auth/token), "
@@ -184,11 +186,11 @@ def tokens_hold(*, config: ProviderConfig, tokens: int) -> Reservation | None:
     return tokens_reserve(config=config, tokens=tokens)
 
 
-def attempt_finish(*, record: UsageRecord, **settle: Any) -> UsageRecord:
-    """Save one attempt's row from `usage.services.attempt_build`, settling its reservation and noting the
-    config's health (see `usage.services.attempt_save`)."""
+def attempts_finish(*, attempts: list[dict[str, Any]]) -> list[UsageRecord | Exception]:
+    """Save attempts' rows from `usage.services.attempt_build`, settling their reservations and noting their
+    configs' health; each attempt is the arguments of `usage.services.attempt_save` (see `attempts_save`)."""
     close_old_connections()
-    return attempt_save(record, **settle)
+    return attempts_save(attempts)
 
 
 # One pool of threads per process for the views' database work (settings.DB_THREADS threads), started on first
@@ -286,7 +288,70 @@ def in_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return run
 
 
-# The async faces of the three, built once.
+# The async faces of the first two, built once; attempts are saved through `attempt_finish_async`.
 request_prepare_async = in_thread(request_prepare)
 tokens_hold_async = in_thread(tokens_hold)
-attempt_finish_async = in_thread(attempt_finish)
+
+
+class AttemptWriter:
+    """Saves attempts for the coroutines of one event loop: one write at a time in the database threads, and the
+    attempts that come in meanwhile all in the next one (`attempts_finish`), as a database groups commits.
+
+    One request alone waits as long as before (its write starts at once). Many at a time share writes: under
+    load, a write per call, each its own thread hop, psycopg round trip, commit, and turn on the rollup and
+    counter rows every call updates, cost more than the rest of the gateway's work for the call (and the
+    threads' contention for the GIL grew with them).
+    """
+
+    MAX_ATTEMPTS_PER_WRITE = 100
+
+    def __init__(self):
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._writing: asyncio.Task | None = None
+
+    async def save(self, attempt: dict[str, Any]) -> UsageRecord:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((attempt, future))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.MAX_ATTEMPTS_PER_WRITE]
+                del self._waiting[: len(batch)]
+                try:
+                    results = await database_threads().submit(
+                        attempts_finish, {"attempts": [attempt for attempt, _ in batch]}
+                    )
+                except asyncio.CancelledError:
+                    # The loop is going away (the saves themselves are shielded): nobody is left to answer.
+                    for _, future in (*batch, *self._waiting):
+                        future.cancel()
+                    self._waiting.clear()
+                    raise
+                except Exception as error:  # noqa: BLE001 - each waiting caller gets it
+                    results = [error] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._writing = None
+
+
+_writers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def attempt_finish_async(**attempt: Any) -> UsageRecord:
+    """Save one attempt's row, given as the arguments of `usage.services.attempt_save`, through the running
+    loop's `AttemptWriter`; raises what kept it from being saved."""
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = AttemptWriter()
+    return await writer.save(attempt)

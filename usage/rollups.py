@@ -172,34 +172,52 @@ def rollup_add(*, record: UsageRecord) -> None:
 
     Does nothing when USAGE_ROLLUPS_ENABLED is off.
     """
-    statements = rollup_statements(record=record)
+    statements = rollup_statements(records=[record])
     if statements:
         with connection.cursor() as cursor:
             for sql, params in statements:
                 cursor.execute(sql, params)
 
 
-def rollup_statements(*, record: UsageRecord) -> list[tuple[str, list]]:
+def rollup_statements(*, records: Iterable[UsageRecord]) -> list[tuple[str, list]]:
     """The statements of `rollup_add` with their parameters, in order, for a caller that sends them in one
     message with its own (`usage.services.attempt_record` on PostgreSQL). Empty when USAGE_ROLLUPS_ENABLED is off.
+
+    Several records (`usage.services.attempts_save`) make one upsert per rollup row, their measures summed.
     """
     if not rollups_enabled():
         return []
-    values = _record_measures(record)
-    day = connection.ops.adapt_datefield_value(day_bucket(record.created_at))
-    config_id = record.provider_config_id or 0
-    kind = (record.provider_type, record.model, record.task)
-    # The same order in every transaction, so concurrent recorders lock rows in the same order.
-    if connection.vendor == "postgresql":
-        listed = ",".join(map(str, values))
-        return [
-            (_DAILY_UPSERT_PG, [day, config_id, *kind, listed]),
-            (_DAILY_USER_UPSERT_PG, [day, record.user_id or 0, config_id, *kind, listed]),
-        ]
-    return [
-        (_DAILY_UPSERT, [day, config_id, *kind, *values]),
-        (_DAILY_USER_UPSERT, [day, record.user_id or 0, config_id, *kind, *values]),
-    ]
+    daily: dict[tuple, list[int]] = {}
+    daily_user: dict[tuple, list[int]] = {}
+    for record in records:
+        values = _record_measures(record)
+        day = connection.ops.adapt_datefield_value(day_bucket(record.created_at))
+        config_id = record.provider_config_id or 0
+        kind = (record.provider_type, record.model, record.task)
+        for sums, key in ((daily, (day, config_id, *kind)), (daily_user, (day, record.user_id or 0, config_id, *kind))):
+            summed = sums.get(key)
+            if summed is None:
+                sums[key] = values
+            else:
+                sums[key] = [a + b for a, b in zip(summed, values, strict=True)]
+    postgresql = connection.vendor == "postgresql"
+    statements = []
+    # The same order in every transaction (table, then key), so concurrent recorders lock rows in the same order.
+    for sums, sql, sql_pg in (
+        (daily, _DAILY_UPSERT, _DAILY_UPSERT_PG),
+        (daily_user, _DAILY_USER_UPSERT, _DAILY_USER_UPSERT_PG),
+    ):
+        for key in sorted(sums, key=_sort_key):
+            values = sums[key]
+            if postgresql:
+                statements.append((sql_pg, [*key, ",".join(map(str, values))]))
+            else:
+                statements.append((sql, [*key, *values]))
+    return statements
+
+
+def _sort_key(key: tuple) -> tuple:
+    return tuple(str(part) for part in key)
 
 
 def rollups_add_records(*, min_id: int | None = None, max_id: int | None = None) -> None:

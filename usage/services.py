@@ -26,15 +26,17 @@ and expiries cannot deadlock.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -57,6 +59,8 @@ from usage.rollups import rollup_add, rollup_statements, rollups_enabled
 
 if TYPE_CHECKING:
     from providers.models import ProviderConfig
+
+logger = logging.getLogger(__name__)
 
 # Errors that count toward a cooldown: every failure that says something about the provider config rather than
 # about the request. A bad request would fail the same way anywhere, so it does not count. Authentication,
@@ -491,23 +495,17 @@ def attempt_save(
 ) -> UsageRecord:
     """Save a row from `attempt_build`, settling its reservation and noting the config's health (see
     `attempt_record`). Returns the row, saved."""
+    if connection.vendor == "postgresql":
+        _write_in_one_message(
+            [_Writing.of(record, reservation=reservation, config=config, known_failures=known_failures)]
+        )
+        return record
     now = record.created_at
     error_type = record.error_type
     attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
     total = record.total_tokens
     count_without_reservation = reservation is None and total > 0 and _has_limits(config)
     health = _health_change(config, record.outcome, error_type, known_failures)
-    if connection.vendor == "postgresql":
-        _record_in_one_message(
-            record,
-            reservation=reservation,
-            config=config,
-            total=total,
-            count_without_reservation=count_without_reservation,
-            health=health,
-            now=now,
-        )
-        return record
     if reservation is None and not count_without_reservation and health is None and not rollups_enabled():
         record.save(force_insert=True)  # a single statement needs no transaction of its own
         return record
@@ -538,76 +536,172 @@ def attempt_save(
     return record
 
 
-def _record_in_one_message(
-    record: UsageRecord,
-    *,
-    reservation: Reservation | None,
-    config: ProviderConfig | None,
-    total: int,
-    count_without_reservation: bool,
-    health: str | None,
-    now: datetime,
-) -> None:
-    """PostgreSQL: what `attempt_record` writes, as one message of statements, in one round trip.
+def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exception]:
+    """Save several attempts, each given as the arguments of `attempt_save`; return, in order, each saved row or
+    the exception that kept it from being saved.
+
+    On PostgreSQL they go in one message, one transaction, with one rollup upsert per rollup row they share: a
+    process recording many calls at once (`tasks.services.AttemptWriter`) pays one round trip, one commit and
+    one lock of each contended row for all of them. If that transaction fails, each is saved on its own, so
+    one bad attempt cannot lose the others. Elsewhere, or for one attempt, `attempt_save` for each.
+    """
+    if connection.vendor != "postgresql" or len(attempts) == 1:
+        return [_saved_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
+    writings = [_Writing.of(**attempt) for attempt in attempts]
+    for writing in writings:
+        attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
+    try:
+        results, positions = _write_message(writings)
+    except DatabaseError:
+        # Rolled back whole: nothing of it was written.
+        logger.warning("Recording %d attempts together failed; saving each on its own", len(writings), exc_info=True)
+        return [
+            _saved_or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
+            for writing in writings
+        ]
+    return [
+        _saved_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings
+    ]
+
+
+def _saved_or_error(save: Callable[[], UsageRecord]) -> UsageRecord | Exception:
+    try:
+        return save()
+    except Exception as error:  # noqa: BLE001 - handed back to the attempt's own caller
+        return error
+
+
+@dataclass(slots=True)
+class _Writing:
+    """One attempt's share of a recording message (`_write_in_one_message`)."""
+
+    record: UsageRecord
+    reservation: Reservation | None
+    config: ProviderConfig | None
+    total: int
+    count_without_reservation: bool
+    health: str | None
+
+    @classmethod
+    def of(
+        cls,
+        record: UsageRecord,
+        *,
+        reservation: Reservation | None,
+        config: ProviderConfig | None,
+        known_failures: int | None = None,
+    ) -> _Writing:
+        total = record.total_tokens
+        return cls(
+            record=record,
+            reservation=reservation,
+            config=config,
+            total=total,
+            count_without_reservation=reservation is None and total > 0 and _has_limits(config),
+            health=_health_change(config, record.outcome, record.error_type, known_failures),
+        )
+
+    def health_statements(self) -> list[tuple[str, list]]:
+        if self.health == "reset":
+            return [(_COOLDOWN_RESET, [self.config.pk])]
+        if self.health == "failure":
+            return [
+                (_COOLDOWN_FAILURE, _failure_params(self.config.pk, self.record.error_type, self.record.created_at))
+            ]
+        return []
+
+    def counting_statements(self) -> list[tuple[str, list]]:
+        """The settlement of the reservation, or the tokens added without one."""
+        if self.reservation is not None:
+            reservation, tokens = self.reservation, self.reservation.tokens
+            return [
+                (
+                    _SETTLE_ONE_STATEMENT,
+                    [
+                        *(reservation.id, tokens, self.total, reservation.month_counter_id),
+                        *(tokens, self.total, reservation.day_counter_id),
+                    ],
+                )
+            ]
+        if self.count_without_reservation:
+            windows = Windows.at(self.record.created_at)
+            return [
+                (_COUNTER_ADD_USED, [self.config.pk, period, _db_date(windows.start(period)), self.total])
+                for period in (Period.MONTH, Period.DAY)
+            ]
+        return []
+
+    def config_order(self) -> int:
+        return self.record.provider_config_id or 0
+
+
+def _write_in_one_message(writings: list[_Writing], *, observe: bool = True) -> list[UsageRecord]:
+    """PostgreSQL: what `attempt_record` writes for each attempt, as one message of statements, in one round trip.
 
     PostgreSQL runs the statements of one simple-protocol query as one transaction (unless the caller is
-    already in one, which they then join), so the row, the settlement, the health note and the rollups still
+    already in one, which they then join), so the rows, the settlements, the health notes and the rollups still
     commit together or not at all. The counter and rollup rows, which every call of a config or a bucket
     updates, stay locked only while PostgreSQL runs and commits the message: no round trip back to this process
-    in between (see `_reserve_in_one_statement`). The general path's statements, with the counters moved last.
+    in between (see `_reserve_in_one_statement`). The general path's statements, with the counters moved last;
+    rows that several transactions lock (cooldowns, rollups, counters) in config and bucket order.
 
     Two rare cases take a second trip after the commit: a reservation that had expired and been released (the
     tokens are still added to the current windows, in a transaction of their own), and a budget threshold
     crossed (the alert is inserted then: if the process died in between, that alert would be lost, never
     duplicated; the counter update that crossed it is committed either way).
     """
-    counting: list[tuple[str, list]] = []  # the settlement, or the tokens added without a reservation
-    if reservation is not None:
-        tokens = reservation.tokens
-        counting.append(
-            (
-                _SETTLE_ONE_STATEMENT,
-                [
-                    *(reservation.id, tokens, total, reservation.month_counter_id),
-                    *(tokens, total, reservation.day_counter_id),
-                ],
-            )
-        )
-    elif count_without_reservation:
-        windows = Windows.at(now)
-        for period in (Period.MONTH, Period.DAY):
-            counting.append((_COUNTER_ADD_USED, [config.pk, period, _db_date(windows.start(period)), total]))
+    if observe:
+        for writing in writings:
+            attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
+    results, positions = _write_message(writings)
+    return [_after_message(writing, results, positions) for writing in writings]
+
+
+def _write_message(writings: list[_Writing]) -> tuple[list, dict[int, tuple[int, int]]]:
+    """Send the message of `_write_in_one_message`; return its results and, per writing (by id), the positions
+    of its INSERT and of its counting statements among them."""
+    by_config = sorted(writings, key=_Writing.config_order)
     statements: list[tuple[str, list]] = []
-    if health == "reset":
-        statements.append((_COOLDOWN_RESET, [config.pk]))
-    elif health == "failure":
-        statements.append((_COOLDOWN_FAILURE, _failure_params(config.pk, record.error_type, now)))
-    insert_position = len(statements)
-    statements.append(_usage_insert(record))
-    statements.extend(rollup_statements(record=record))
+    for writing in by_config:
+        statements.extend(writing.health_statements())
+    inserts = {}
+    for writing in writings:
+        inserts[id(writing)] = len(statements)
+        statements.append(_usage_insert(writing.record))
+    statements.extend(rollup_statements(records=[writing.record for writing in writings]))
     # The counters last: the next call's reservation waits for these rows, so they stay locked only for the
     # commit (the rollup rows are contended only by other recordings, which run after their responses).
-    counting_position = len(statements)
-    statements.extend(counting)
+    counting = {}
+    for writing in by_config:
+        counting[id(writing)] = len(statements)
+        statements.extend(writing.counting_statements())
 
     # Inside a caller's transaction, a savepoint, so that a failure undoes this call's statements only.
     inner = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     with inner:
         results = results_in_one_message(statements)
+    return results, {key: (inserts[key], counting[key]) for key in inserts}
+
+
+def _after_message(writing: _Writing, results: list, positions: dict[int, tuple[int, int]]) -> UsageRecord:
+    insert_position, counting_position = positions[id(writing)]
+    record = writing.record
     record.pk = results[insert_position][0][0]
     record._state.adding = False
     record._state.db = connection.alias
-
     counters: list[tuple] = []
-    if reservation is not None:
+    if writing.reservation is not None:
         counters = results[counting_position]
-        if not counters and total:
+        if not counters and writing.total:
             # Expired and released by a sweep: the tokens were still spent.
             with transaction.atomic(), connection.cursor() as cursor:
-                counters = _used_add(cursor, reservation.config_id, total, Windows.at(now))
-    elif count_without_reservation:
+                counters = _used_add(
+                    cursor, writing.reservation.config_id, writing.total, Windows.at(record.created_at)
+                )
+    elif writing.count_without_reservation:
         counters = [results[counting_position][0], results[counting_position + 1][0]]
-    budget_crossings_record(config=config, counters=counters, tokens=total)
+    budget_crossings_record(config=writing.config, counters=counters, tokens=writing.total)
+    return record
 
 
 _usage_insert_sql: tuple[str, list] | None = None

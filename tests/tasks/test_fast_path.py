@@ -112,13 +112,13 @@ def test_the_answer_goes_out_before_its_usage_row_is_saved_and_the_row_is_saved_
     from tasks import services
 
     events: list[str] = []
-    save = services.attempt_save
+    save = services.attempts_save
 
-    def attempt_save(record, **settle):
+    def attempts_save(attempts):
         events.append("saved")
-        return save(record, **settle)
+        return save(attempts)
 
-    monkeypatch.setattr(services, "attempt_save", attempt_save)
+    monkeypatch.setattr(services, "attempts_save", attempts_save)
 
     async def application(scope, receive, send):
         async def noting_send(message):
@@ -147,10 +147,10 @@ def test_a_usage_row_that_cannot_be_saved_after_the_answer_is_logged(
     task_config("openai")
     from tasks import services
 
-    def attempt_save(record, **settle):
+    def attempts_save(attempts):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "attempt_save", attempt_save)
+    monkeypatch.setattr(services, "attempts_save", attempts_save)
 
     status, _, body = asgi_call(COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"})
 

@@ -1,5 +1,6 @@
 """The rollups hold exactly what the usage rows add up to, however the calls were recorded."""
 
+import itertools
 import random
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +26,7 @@ from usage.models import (
 )
 from usage.rollups import rollups_add_records
 from usage.selectors import latency_percentile
-from usage.services import attempt_record, tokens_reserve
+from usage.services import attempt_build, attempt_record, attempts_save, tokens_reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -48,6 +49,13 @@ def _no_opportunistic_sweep(monkeypatch):
 
 def random_call(rng: random.Random, *, configs, users, when: datetime, reservation=None, config=None):
     """Record one attempt with a random shape: config or the environment fallback, outcome, tokens, latency."""
+    return attempt_record(
+        reservation=reservation, **random_attempt(rng, configs=configs, users=users, when=when, config=config)
+    )
+
+
+def random_attempt(rng: random.Random, *, configs, users, when: datetime, config=None) -> dict:
+    """The arguments of `attempt_build` for one attempt with a random shape (see `random_call`)."""
     config = config or rng.choice([*configs, None])
     outcome, error_type = rng.choice(OUTCOMES)
     usage = None
@@ -61,8 +69,7 @@ def random_call(rng: random.Random, *, configs, users, when: datetime, reservati
             reasoning_tokens=rng.randint(0, output_tokens // 2),
         )
     user = rng.choice([*users, None])
-    return attempt_record(
-        reservation=reservation,
+    return dict(
         request_id=f"req-{rng.randrange(10**9)}",
         user_id=user.pk if user else None,
         task=rng.choice(["extraction", "image_validation", "cv_drafting", "cover_letter"]),
@@ -188,6 +195,28 @@ def test_rollups_equal_the_raw_aggregates_after_many_varied_calls(mixed_configs,
     assert set(DailyRollup.objects.values_list("day", flat=True)) == {date(2026, 10, d) for d in (25, 26, 27)}
 
 
+def test_rollups_equal_the_raw_aggregates_when_calls_are_saved_together(mixed_configs, users):
+    # As tasks.services.AttemptWriter saves the calls of concurrent requests: several per transaction, the
+    # calls that share a rollup row summed into one upsert.
+    rng = random.Random(11)
+    calls = [
+        random_attempt(rng, configs=mixed_configs, users=users, when=START + timedelta(minutes=minute))
+        for minute in range(0, 60 * 30, 7)
+    ]
+    position = 0
+    for size in itertools.cycle([1, 2, 5, 17, 40]):
+        batch = calls[position : position + size]
+        if not batch:
+            break
+        attempts = [{"record": attempt_build(**call), "reservation": None, "config": call["config"]} for call in batch]
+        saved = attempts_save(attempts)
+        assert all(isinstance(row, UsageRecord) and row.pk for row in saved), saved
+        position += size
+
+    assert UsageRecord.objects.count() == len(calls)
+    assert_rollups_match_the_rows()
+
+
 def test_every_failure_kind_and_latency_bucket_is_counted_where_it_belongs(provider_config):
     config = provider_config(provider_type="openai", model_name="gpt-4o")
     kinds = [("error", e.value) for e in ErrorType] + [("invalid_output", ""), ("aborted", ""), ("success", "")]
@@ -239,7 +268,7 @@ def test_a_call_and_its_rollups_commit_together_or_not_at_all(provider_config, m
     def fail(*, record):
         raise RuntimeError("rollup table unavailable")
 
-    def failing_statements(*, record):
+    def failing_statements(*, records):
         # On PostgreSQL the rollups go in the message of statements that records the call.
         return [("INSERT INTO no_such_rollup_table VALUES (1)", [])]
 
