@@ -9,15 +9,15 @@ from tasks import services
 
 @pytest.fixture
 def batches(monkeypatch):
-    """Stand in for usage.services.attempts_save (run in the database threads): note each batch, fail the
+    """Stand in for tasks.services.attempts_finish (run in the database threads): note each batch, fail the
     attempts whose record is "bad", return the others' records."""
     seen: list[list[str]] = []
 
-    def attempts_save(attempts):
+    def attempts_finish(*, attempts):
         seen.append([attempt["record"] for attempt in attempts])
         return [ValueError(f"cannot save {a['record']}") if a["record"] == "bad" else a["record"] for a in attempts]
 
-    monkeypatch.setattr(services, "attempts_save", attempts_save)
+    monkeypatch.setattr(services, "attempts_finish", attempts_finish)
     yield seen
     services.database_threads_shutdown()
 
@@ -46,10 +46,10 @@ def test_attempts_that_wait_together_are_written_together_and_each_gets_its_own_
 
 
 def test_a_write_that_fails_whole_fails_each_of_its_attempts(monkeypatch, batches):
-    def attempts_save(attempts):
+    def attempts_finish(*, attempts):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "attempts_save", attempts_save)
+    monkeypatch.setattr(services, "attempts_finish", attempts_finish)
 
     async def main():
         return await asyncio.gather(save("a"), save("b"), return_exceptions=True)
