@@ -26,13 +26,17 @@ def results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[l
         raise RuntimeError("results_in_one_message needs PostgreSQL")
     results: list[list[tuple] | None] = []
     with connection.cursor() as cursor:
-        # Each statement bound on its own and the message sent as it is: psycopg caches how it splits a query
-        # around its placeholders per query text, and a message's text changes with what it holds.
-        cursor.execute(";\n".join(cursor.mogrify(*prepared(sql, params)) for sql, params in statements))
+        # The driver's cursor for what cannot fail (binding, reading results already received): Django's wrapper
+        # wraps every attribute it hands out. Each statement is bound on its own and the message sent as it is:
+        # psycopg caches how it splits a query around its placeholders per query text, and a message's text
+        # changes with what it holds.
+        driver = cursor.cursor
+        names = _prepared_names()
+        cursor.execute(";\n".join(driver.mogrify(*_prepared(names, sql, params)) for sql, params in statements))
         for position in range(len(statements)):
-            if position and not cursor.nextset():
+            if position and not driver.nextset():
                 raise RuntimeError("PostgreSQL returned fewer results than statements sent")
-            results.append(cursor.fetchall() if cursor.description is not None else None)
+            results.append(driver.fetchall() if driver.description is not None else None)
     return results
 
 
@@ -75,12 +79,22 @@ def prepared(sql: str, params: Sequence | Mapping) -> tuple[str, Sequence | Mapp
     """The statement to send for `sql` with `params` (`%s` or `%(name)s` placeholders): on PostgreSQL with
     DATABASE_PREPARED_STATEMENTS, `EXECUTE` of it, prepared on this connection first if it is not yet; otherwise
     `sql` and `params` as they are. Every value is still a parameter, bound as the cursor binds any other."""
+    return _prepared(_prepared_names(), sql, params)
+
+
+def _prepared_names() -> set[str] | None:
+    """The names of the statements prepared on this thread's connection (None: not preparing)."""
     if not prepared_statements_enabled():
-        return sql, params
-    statement = _statements.get(sql) or _statement(sql)
+        return None
     connection.ensure_connection()
     with _prepared_lock:
-        names = _prepared_on.setdefault(connection.connection, set())
+        return _prepared_on.setdefault(connection.connection, set())
+
+
+def _prepared(names: set[str] | None, sql: str, params: Sequence | Mapping) -> tuple[str, Sequence | Mapping]:
+    if names is None:
+        return sql, params
+    statement = _statements.get(sql) or _statement(sql)
     if statement.name not in names:
         with connection.cursor() as cursor:
             cursor.execute(statement.prepare_sql)
