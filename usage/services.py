@@ -260,14 +260,9 @@ def tokens_reserve(*, config: ProviderConfig, tokens: int, now: datetime | None 
     """
     if not _has_limits(config):
         return None
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
     now = now or timezone.now()
     windows = Windows.at(now)
-    for period, limit in _limits(config):
-        if limit is not None and tokens > limit:
-            raise _limit_exceeded(config, period, limit, windows)  # could never fit: no need to ask the database
-
+    _check_could_fit(config, tokens, windows)
     _sweep_if_due(now)
     expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
     if connection.vendor == "postgresql":
@@ -275,6 +270,69 @@ def tokens_reserve(*, config: ProviderConfig, tokens: int, now: datetime | None 
         if reservation is not None:
             return reservation
         # A window refused or has no counter row yet: the general path below creates it, or says which refused.
+    return _reserve_in_a_transaction(config, tokens, windows, expires_at)
+
+
+def tokens_reserve_many(
+    requests: list[tuple[ProviderConfig, int]], *, now: datetime | None = None
+) -> list[Reservation | None | Exception]:
+    """`tokens_reserve` for several (config, tokens) at once; return, in order, each one's reservation (None for
+    a config without limits) or what `tokens_reserve` would raise (`LimitExceeded`).
+
+    On PostgreSQL the one-statement reservations of all of them go in one message, one transaction, in config
+    order (the lock order); a reservation that statement cannot make (a refusal, a window without a counter row
+    yet) then takes `tokens_reserve`'s own path. Elsewhere, `tokens_reserve` for each.
+    """
+    now = now or timezone.now()
+    if connection.vendor != "postgresql" or len(requests) < 2:
+        return [
+            _or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+            for config, tokens in requests
+        ]
+    windows = Windows.at(now)
+    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
+    answers: list[Reservation | None | Exception] = [None] * len(requests)
+    to_send: list[int] = []
+    for position, (config, tokens) in enumerate(requests):
+        if _has_limits(config):
+            answers[position] = _or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
+            if answers[position] is None:
+                to_send.append(position)
+    if not to_send:
+        return answers
+    _sweep_if_due(now)
+    to_send.sort(key=lambda position: requests[position][0].pk)
+    rows = results_in_one_message(
+        [_reserve_statement(*requests[position], windows, expires_at) for position in to_send]
+    )
+    for position, found in zip(to_send, rows, strict=True):
+        config, tokens = requests[position]
+        if found:
+            answers[position] = _reservation_from_row(found[0], config, tokens, expires_at)
+        else:
+            answers[position] = _or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+    return answers
+
+
+def _or_error(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - handed back to the one it belongs to
+        return error
+
+
+def _check_could_fit(config: ProviderConfig, tokens: int, windows: Windows) -> None:
+    """Refuse, without a query, what could never fit."""
+    if tokens < 0:
+        raise ValueError("tokens must not be negative")
+    for period, limit in _limits(config):
+        if limit is not None and tokens > limit:
+            raise _limit_exceeded(config, period, limit, windows)
+
+
+def _reserve_in_a_transaction(
+    config: ProviderConfig, tokens: int, windows: Windows, expires_at: datetime
+) -> Reservation:
     counter_ids: dict[str, int] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         for period, limit in _limits(config):
@@ -304,7 +362,19 @@ def _reserve_in_one_statement(
     load a thread waits milliseconds for the GIL before it sends the next: every reservation and settlement of
     the config queues behind that row, which capped a process at a few dozen calls a second.
     """
-    params = {
+    sql, params = prepared(*_reserve_statement(config, tokens, windows, expires_at))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return _reservation_from_row(row, config, tokens, expires_at)
+
+
+def _reserve_statement(
+    config: ProviderConfig, tokens: int, windows: Windows, expires_at: datetime
+) -> tuple[str, dict[str, Any]]:
+    return _RESERVE_ONE_STATEMENT, {
         "config": config.pk,
         "month": Period.MONTH.value,
         "day": Period.DAY.value,
@@ -315,12 +385,9 @@ def _reserve_in_one_statement(
         "tokens": tokens,
         "expires_at": expires_at,
     }
-    sql, params = prepared(_RESERVE_ONE_STATEMENT, params)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
+
+
+def _reservation_from_row(row: tuple, config: ProviderConfig, tokens: int, expires_at: datetime) -> Reservation:
     reservation_id, month_counter_id, day_counter_id = row
     return Reservation(
         id=reservation_id,
@@ -541,12 +608,12 @@ def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exceptio
     the exception that kept it from being saved.
 
     On PostgreSQL they go in one message, one transaction, with one rollup upsert per rollup row they share: a
-    process recording many calls at once (`tasks.services.AttemptWriter`) pays one round trip, one commit and
+    process recording many calls at once (`tasks.services.Batches`) pays one round trip, one commit and
     one lock of each contended row for all of them. If that transaction fails, each is saved on its own, so
     one bad attempt cannot lose the others. Elsewhere, or for one attempt, `attempt_save` for each.
     """
     if connection.vendor != "postgresql" or len(attempts) == 1:
-        return [_saved_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
+        return [_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
     writings = [_Writing.of(**attempt) for attempt in attempts]
     for writing in writings:
         attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
@@ -556,19 +623,10 @@ def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exceptio
         # Rolled back whole: nothing of it was written.
         logger.warning("Recording %d attempts together failed; saving each on its own", len(writings), exc_info=True)
         return [
-            _saved_or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
+            _or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
             for writing in writings
         ]
-    return [
-        _saved_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings
-    ]
-
-
-def _saved_or_error(save: Callable[[], UsageRecord]) -> UsageRecord | Exception:
-    try:
-        return save()
-    except Exception as error:  # noqa: BLE001 - handed back to the attempt's own caller
-        return error
+    return [_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings]
 
 
 @dataclass(slots=True)

@@ -51,3 +51,77 @@ def test_a_refused_token_is_a_401_even_when_read_together(task_config, ordinary_
         user_and_candidates(bearer_request(token), "cover_letter")
 
     assert refused.value.status == 401
+
+
+def letter_request(token: str | None, body: str):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    return RequestFactory().post("/api/v1/cover-letter/generate", data=body, content_type="application/json", **headers)
+
+
+LETTER = '{"profile": "Backend engineer, 9 years of Python.", "job": "Staff engineer, Berlin.", "tone": "friendly"}'
+
+
+def job(request):
+    from tasks import inputs
+    from tasks.views import _letter_request
+
+    return {
+        "request": request,
+        "task": "cover_letter",
+        "read_input": inputs.cover_letter_input,
+        "build": _letter_request,
+    }
+
+
+def test_requests_prepared_together_each_get_their_user_candidates_and_reservation(
+    task_config, ordinary_user, ordinary_user_token, django_user_model
+):
+    from tasks.services import Prepared, requests_prepare
+
+    limited = task_config("openai", daily_token_limit=100_000, priority=1)
+    spare = task_config("claude", priority=2)
+    other = django_user_model.objects.create_user("other", password="Quiet-Lantern-Orbit-73")
+    _other_token, other_secret = __import__("aditus.services", fromlist=["x"]).api_token_issue(
+        user=other, otp_device=None
+    )
+    revoked_token, revoked_secret = __import__("aditus.services", fromlist=["x"]).api_token_issue(
+        user=other, otp_device=None
+    )
+    ApiToken.objects.filter(pk=revoked_token.pk).update(revoked_at="2026-01-01T00:00:00Z")
+
+    answers = requests_prepare(
+        jobs=[
+            job(letter_request(ordinary_user_token, LETTER)),
+            job(letter_request(revoked_secret, LETTER)),
+            job(letter_request(other_secret, '{"profile": ""}')),  # bad input
+            job(letter_request(other_secret, LETTER)),
+            job(letter_request(None, LETTER)),  # neither token nor session
+        ]
+    )
+
+    first, revoked, bad, fourth, anonymous = answers
+    assert isinstance(first, Prepared) and isinstance(fourth, Prepared)
+    assert (first.user_id, fourth.user_id) == (ordinary_user.pk, other.pk)
+    for prepared in (first, fourth):
+        assert [candidate.config.pk for candidate in prepared.ready] == [limited.pk, spare.pk]
+        assert prepared.first_reservation is not None and prepared.first_reservation.config_id == limited.pk
+    assert first.first_reservation.id != fourth.first_reservation.id
+    assert isinstance(revoked, TaskError) and revoked.status == 401
+    assert isinstance(bad, TaskError) and bad.status == 400
+    assert isinstance(anonymous, TaskError) and anonymous.status == 401
+
+
+def test_a_reservation_refused_in_a_batch_moves_that_request_to_its_next_candidate(task_config, ordinary_user_token):
+    from tasks.services import requests_prepare
+    from usage.services import tokens_reserve
+
+    tight = task_config("openai", daily_token_limit=3_000, priority=1)
+    spare = task_config("claude", daily_token_limit=1_000_000, priority=2)
+    for config in (tight, spare):
+        tokens_reserve(config=config, tokens=1)  # the windows' counter rows exist: the one-statement path
+
+    answers = requests_prepare(jobs=[job(letter_request(ordinary_user_token, LETTER)) for _ in range(3)])
+
+    # Each reserves ~2,400 tokens (the prompt and the task's output cap): the first fits the tight config.
+    assert [answer.first_reservation.config_id for answer in answers] == [tight.pk, spare.pk, spare.pk]
+    assert [len(answer.over_limit) for answer in answers] == [0, 1, 1]

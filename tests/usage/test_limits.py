@@ -367,3 +367,22 @@ def test_the_command_releases_expired_reservations(provider_config, settings):
 
     assert output.getvalue().strip() == "Released 1 expired token reservation."
     assert counter(config, Period.DAY).reserved == 0
+
+
+def test_reservations_made_together_are_each_answered_as_tokens_reserve_would(provider_config):
+    from usage.services import tokens_reserve_many
+
+    limited = provider_config(daily_token_limit=1_000)
+    unlimited = provider_config()
+    tokens_reserve(config=limited, tokens=1, now=NOON)  # its windows' counter rows exist
+
+    answers = tokens_reserve_many(
+        [(limited, 600), (unlimited, 600), (limited, 5_000), (limited, 300), (limited, 300)], now=NOON
+    )
+
+    first, none, never, fourth, refused = answers
+    assert first.config_id == fourth.config_id == limited.pk and first.id != fourth.id
+    assert none is None
+    assert isinstance(never, LimitExceeded) and isinstance(refused, LimitExceeded)
+    day = counter(limited, Period.DAY)
+    assert (day.used, day.reserved) == (0, 1 + 600 + 300)

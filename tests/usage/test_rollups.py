@@ -196,7 +196,7 @@ def test_rollups_equal_the_raw_aggregates_after_many_varied_calls(mixed_configs,
 
 
 def test_rollups_equal_the_raw_aggregates_when_calls_are_saved_together(mixed_configs, users):
-    # As tasks.services.AttemptWriter saves the calls of concurrent requests: several per transaction, the
+    # As tasks.services.Batches saves the calls of concurrent requests: several per transaction, the
     # calls that share a rollup row summed into one upsert.
     rng = random.Random(11)
     calls = [

@@ -1,0 +1,80 @@
+"""tasks.services.Batches: the database work of concurrent requests goes in shared batches, each answered alone."""
+
+import asyncio
+
+import pytest
+
+from tasks import services
+from tasks.services import Batches
+
+
+@pytest.fixture
+def seen():
+    """The batches a stand-in function (run in the database threads) was given."""
+    services.database_threads_shutdown()  # fresh threads, with no connection from an earlier test to look after
+    yield []
+    services.database_threads_shutdown()
+
+
+def stand_in(seen):
+    def function(items):
+        seen.append(list(items))
+        return [ValueError(f"cannot do {item}") if item == "bad" else item.upper() for item in items]
+
+    return function
+
+
+def test_one_item_alone_is_run_at_once(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1)
+
+    assert asyncio.run(batches.run("a")) == "A"
+    assert seen == [["a"]]
+
+
+def test_items_that_wait_together_go_together_and_each_gets_its_own_answer(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1)
+
+    async def main():
+        first = asyncio.create_task(batches.run("a"))
+        await asyncio.sleep(0)  # the first batch is under way
+        rest = [asyncio.create_task(batches.run(item)) for item in ("b", "bad", "c")]
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    a, b, bad, c = asyncio.run(main())
+
+    assert (a, b, c) == ("A", "B", "C")
+    assert isinstance(bad, ValueError) and "cannot do bad" in str(bad)
+    assert seen == [["a"], ["b", "bad", "c"]]
+
+
+def test_several_batches_may_run_at_once(seen):
+    batches = Batches(stand_in(seen), max_in_flight=3)
+
+    async def main():
+        return await asyncio.gather(*(batches.run(item) for item in "abcde"))
+
+    assert asyncio.run(main()) == list("ABCDE")
+    assert sorted(item for batch in seen for item in batch) == list("abcde")
+    assert len(seen) <= 3
+
+
+def test_a_batch_that_fails_whole_fails_each_of_its_items(seen):
+    def function(items):
+        raise RuntimeError("database went away")
+
+    batches = Batches(function, max_in_flight=1)
+
+    async def main():
+        return await asyncio.gather(batches.run("a"), batches.run("b"), return_exceptions=True)
+
+    assert [type(answer) for answer in asyncio.run(main())] == [RuntimeError, RuntimeError]
+
+
+def test_a_big_burst_goes_in_bounded_batches(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1, max_items=3)
+
+    async def main():
+        return await asyncio.gather(*(batches.run(str(number)) for number in range(8)))
+
+    assert asyncio.run(main()) == [str(number) for number in range(8)]
+    assert [len(batch) for batch in seen] == [3, 3, 2]
