@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user
-from django.db import close_old_connections, connection, connections
+from django.db import DatabaseError, close_old_connections, connection, connections
 from django.middleware.csrf import CsrfViewMiddleware
 
 from aditus.authentication import InvalidBearerToken, bearer_token_secret, bearer_token_user, token_query, token_user
@@ -206,7 +206,17 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
                 prepared,
                 estimate_tokens(prepared.provider_request, settings.TASK_IMAGE_TOKEN_ALLOWANCE),
             )
-    reserved = tokens_reserve_many([(prepared.ready[0].config, estimate) for prepared, estimate in waiting.values()])
+    try:
+        reserved = tokens_reserve_many(
+            [(prepared.ready[0].config, estimate) for prepared, estimate in waiting.values()]
+        )
+    except DatabaseError:
+        # Rolled back whole, so nothing was reserved: each reserves on its own.
+        for position, (prepared, estimate) in waiting.items():
+            answers[position] = _or_error(
+                lambda prepared=prepared, estimate=estimate: _reserve_first(prepared, estimate)
+            )
+        return answers
     for (position, (prepared, estimate)), reservation in zip(waiting.items(), reserved, strict=True):
         if isinstance(reservation, LimitExceeded):
             prepared.over_limit.append(reservation)
