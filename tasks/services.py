@@ -405,8 +405,10 @@ class Batches:
 
     async def _drain(self) -> None:
         while self._waiting:
-            batch = self._waiting[: self.max_items]
-            del self._waiting[: len(batch)]
+            batch = [waiting for waiting in self._waiting[: self.max_items] if not waiting[1].cancelled()]
+            del self._waiting[: self.max_items]
+            if not batch:  # every caller went away before its turn: nothing to do for them
+                continue
             try:
                 answers = await database_threads().submit(self._function, {"items": [item for item, _ in batch]})
             except asyncio.CancelledError:
@@ -417,6 +419,8 @@ class Batches:
                 raise
             except Exception as error:  # noqa: BLE001 - each waiting caller gets it
                 answers = [error] * len(batch)
+            if len(answers) != len(batch):
+                answers = [RuntimeError(f"{len(answers)} answers for a batch of {len(batch)}")] * len(batch)
             for (_, future), answer in zip(batch, answers, strict=True):
                 if future.done():
                     continue

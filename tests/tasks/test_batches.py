@@ -78,3 +78,19 @@ def test_a_big_burst_goes_in_bounded_batches(seen):
 
     assert asyncio.run(main()) == [str(number) for number in range(8)]
     assert [len(batch) for batch in seen] == [3, 3, 2]
+
+
+def test_an_item_whose_caller_went_away_before_its_turn_is_not_run(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1)
+
+    async def main():
+        first = asyncio.create_task(batches.run("a"))
+        await asyncio.sleep(0)  # the first batch is under way
+        gone = asyncio.create_task(batches.run("gone"))
+        kept = asyncio.create_task(batches.run("kept"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await asyncio.gather(first, kept)
+
+    assert asyncio.run(main()) == ["A", "KEPT"]
+    assert seen == [["a"], ["kept"]]
