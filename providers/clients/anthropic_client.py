@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Any
 
 import anthropic
-import httpx2
 from anthropic.types import Message
 
 from .base import (
@@ -41,11 +40,11 @@ from .base import (
     acall_mapped,
     anext_mapped,
     call_mapped,
-    connection_error,
-    error_class_for_status,
     next_mapped,
-    parse_retry_after,
     provider_error,
+    sdk_transport_error,
+    status_error,
+    unreadable_error,
 )
 from .pool import PooledSdkClient
 
@@ -143,35 +142,19 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
         kind = exc.type or ""
         message = exc.api_message or ""
-        if status == 200:
+        if exc.status_code == 200:
             # An `error` event inside a streamed 200 answer.
             error_class = _STREAM_ERROR_TYPES.get(kind, ProviderUnavailableError)
             return provider_error(NAME, error_class, status=None, detail=f"{kind}: {message}", api_key=api_key)
-        error_class = error_class_for_status(status)
-        if error_class is AuthenticationError:
-            message = "the API key was refused"
-        return provider_error(
-            NAME,
-            error_class,
-            status=status,
-            detail=f"{kind}: {message}" if kind else message,
-            api_key=api_key,
-            retry_after=parse_retry_after(exc.response.headers) if status == 429 else None,
+        return status_error(
+            NAME, exc.status_code, kind=kind, message=message, headers=exc.response.headers, api_key=api_key
         )
-    if isinstance(exc, anthropic.APIResponseValidationError):
-        return provider_error(NAME, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
-    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
-        return provider_error(NAME, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
-    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
-        return connection_error(NAME, exc, midstream=midstream)
-    if isinstance(exc, (ValueError, httpx2.DecodingError)):
-        # Bodies that are not JSON (json.JSONDecodeError) or not the expected shape (pydantic's errors).
-        detail = f"unreadable response ({type(exc).__name__})"
-        return provider_error(NAME, MalformedResponseError, status=None, detail=detail, api_key=api_key)
-    return None
+    error = sdk_transport_error(NAME, exc, sdk=anthropic, api_key=api_key, midstream=midstream)
+    if error is not None:
+        return error
+    return unreadable_error(NAME, exc, api_key=api_key)
 
 
 class AnthropicClient(PooledSdkClient):

@@ -15,6 +15,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+import httpx2
+
 
 class ProviderType(enum.StrEnum):
     GEMINI = "gemini"
@@ -375,6 +377,45 @@ def provider_error(
     # Scrub before cutting: a cut could leave a piece of the key too short to recognise.
     detail = scrub_secret(" ".join(detail.split()), api_key)[:400]
     return error_class(f"{head}: {detail}" if detail else head, status_code=status, retry_after=retry_after)
+
+
+def status_error(
+    provider: str, status: int, *, kind: str, message: str, headers: Mapping[str, str] | None, api_key: str
+) -> ProviderError:
+    """An HTTP error status as its typed error: the API's error kind and message as the detail (for a refused
+    key only that it was refused: the 401 texts echo a masked piece of the key), and Retry-After on a 429."""
+    error_class = error_class_for_status(status)
+    if error_class is AuthenticationError:
+        message = "the API key was refused"
+    return provider_error(
+        provider,
+        error_class,
+        status=status,
+        detail=f"{kind}: {message}" if kind else message,
+        api_key=api_key,
+        retry_after=parse_retry_after(headers) if status == 429 else None,
+    )
+
+
+def sdk_transport_error(provider: str, exc: BaseException, *, sdk: Any, api_key: str, midstream: bool):
+    """The errors the OpenAI and Anthropic SDKs (generated alike: `sdk` is either module) raise for what is not
+    an HTTP status: an answer of the wrong shape, a timeout, a failed connection. None for anything else."""
+    if isinstance(exc, sdk.APIResponseValidationError):
+        return provider_error(provider, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
+    if isinstance(exc, (sdk.APITimeoutError, httpx2.TimeoutException)):
+        return provider_error(provider, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
+    if isinstance(exc, (sdk.APIConnectionError, httpx2.TransportError)):
+        return connection_error(provider, exc, midstream=midstream)
+    return None
+
+
+def unreadable_error(provider: str, exc: BaseException, *, api_key: str) -> ProviderError | None:
+    """A body that is not JSON (json.JSONDecodeError) or not the expected shape (pydantic's errors) as a
+    malformed response; None for anything else."""
+    if isinstance(exc, (ValueError, httpx2.DecodingError)):
+        detail = f"unreadable response ({type(exc).__name__})"
+        return provider_error(provider, MalformedResponseError, status=None, detail=detail, api_key=api_key)
+    return None
 
 
 def connection_error(provider: str, exc: BaseException, *, midstream: bool) -> ProviderError:

@@ -24,7 +24,6 @@ from openai.types.chat import ChatCompletionChunk
 from .base import (
     DONE,
     AsyncProviderStream,
-    AuthenticationError,
     BadRequestError,
     Endpoint,
     GenerateRequest,
@@ -32,7 +31,6 @@ from .base import (
     MalformedResponseError,
     ProviderError,
     ProviderStream,
-    ProviderTimeoutError,
     ProviderType,
     ProviderUnavailableError,
     RateLimitedError,
@@ -44,11 +42,11 @@ from .base import (
     acall_mapped,
     anext_mapped,
     call_mapped,
-    connection_error,
-    error_class_for_status,
     next_mapped,
-    parse_retry_after,
     provider_error,
+    sdk_transport_error,
+    status_error,
+    unreadable_error,
 )
 from .pool import PooledSdkClient
 
@@ -158,26 +156,13 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
         kind, message = _body_error(exc.body)
-        error_class = error_class_for_status(status)
-        if error_class is AuthenticationError:
-            # OpenAI's 401 text echoes a masked piece of the key: keep only its code.
-            message = "the API key was refused"
-        return provider_error(
-            NAME,
-            error_class,
-            status=status,
-            detail=f"{kind}: {message}" if kind else message,
-            api_key=api_key,
-            retry_after=parse_retry_after(exc.response.headers) if status == 429 else None,
+        return status_error(
+            NAME, exc.status_code, kind=kind, message=message, headers=exc.response.headers, api_key=api_key
         )
-    if isinstance(exc, openai.APIResponseValidationError):
-        return provider_error(NAME, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
-        return provider_error(NAME, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
-    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return connection_error(NAME, exc, midstream=midstream)
+    error = sdk_transport_error(NAME, exc, sdk=openai, api_key=api_key, midstream=midstream)
+    if error is not None:
+        return error
     if isinstance(exc, openai.APIError):
         # An error event inside a 200 stream: no status, the body says what went wrong.
         kind, message = _body_error(exc.body)
@@ -185,11 +170,7 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
         if kind == "invalid_request_error":
             error_class = BadRequestError
         return provider_error(NAME, error_class, status=None, detail=f"{kind}: {message}", api_key=api_key)
-    if isinstance(exc, (ValueError, httpx2.DecodingError)):
-        # Bodies that are not JSON (json.JSONDecodeError) or not the expected shape (pydantic's errors).
-        detail = f"unreadable response ({type(exc).__name__})"
-        return provider_error(NAME, MalformedResponseError, status=None, detail=detail, api_key=api_key)
-    return None
+    return unreadable_error(NAME, exc, api_key=api_key)
 
 
 class OpenAIClient(PooledSdkClient):
