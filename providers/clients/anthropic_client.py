@@ -41,9 +41,10 @@ from .base import (
     anext_mapped,
     call_mapped,
     next_mapped,
+    parse_retry_after,
     provider_error,
-    sdk_transport_error,
     status_error,
+    transport_error,
     unreadable_error,
 )
 from .pool import PooledSdkClient
@@ -148,10 +149,9 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
             # An `error` event inside a streamed 200 answer.
             error_class = _STREAM_ERROR_TYPES.get(kind, ProviderUnavailableError)
             return provider_error(NAME, error_class, status=None, detail=f"{kind}: {message}", api_key=api_key)
-        return status_error(
-            NAME, exc.status_code, kind=kind, message=message, headers=exc.response.headers, api_key=api_key
-        )
-    error = sdk_transport_error(NAME, exc, sdk=anthropic, api_key=api_key, midstream=midstream)
+        retry = parse_retry_after(exc.response.headers) if exc.status_code == 429 else None
+        return status_error(NAME, exc.status_code, kind=kind, message=message, api_key=api_key, retry_after=retry)
+    error = transport_error(NAME, exc, api_key=api_key, midstream=midstream, sdk=anthropic)
     if error is not None:
         return error
     return unreadable_error(NAME, exc, api_key=api_key)

@@ -380,11 +380,19 @@ def provider_error(
 
 
 def status_error(
-    provider: str, status: int, *, kind: str, message: str, headers: Mapping[str, str] | None, api_key: str
+    provider: str,
+    status: int | None,
+    *,
+    kind: str,
+    message: str,
+    api_key: str,
+    retry_after: float | None = None,
+    error_class: type[ProviderError] | None = None,
 ) -> ProviderError:
-    """An HTTP error status as its typed error: the API's error kind and message as the detail (for a refused
-    key only that it was refused: the 401 texts echo a masked piece of the key), and Retry-After on a 429."""
-    error_class = error_class_for_status(status)
+    """An HTTP error status as its typed error (`error_class` when the API says more than the status): the API's
+    error kind and message as the detail, but for a refused key only that it was refused (the 401 texts echo a
+    masked piece of the key)."""
+    error_class = error_class or error_class_for_status(status)
     if error_class is AuthenticationError:
         message = "the API key was refused"
     return provider_error(
@@ -393,18 +401,24 @@ def status_error(
         status=status,
         detail=f"{kind}: {message}" if kind else message,
         api_key=api_key,
-        retry_after=parse_retry_after(headers) if status == 429 else None,
+        retry_after=retry_after,
     )
 
 
-def sdk_transport_error(provider: str, exc: BaseException, *, sdk: Any, api_key: str, midstream: bool):
-    """The errors the OpenAI and Anthropic SDKs (generated alike: `sdk` is either module) raise for what is not
-    an HTTP status: an answer of the wrong shape, a timeout, a failed connection. None for anything else."""
-    if isinstance(exc, sdk.APIResponseValidationError):
-        return provider_error(provider, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
-    if isinstance(exc, (sdk.APITimeoutError, httpx2.TimeoutException)):
+def transport_error(
+    provider: str, exc: BaseException, *, api_key: str, midstream: bool, sdk: Any = None
+) -> ProviderError | None:
+    """A timeout or a failed connection, from httpx2 or, with `sdk` (the openai or anthropic module: both SDKs
+    are generated alike), from the SDK, which also says when an answer had the wrong shape. None otherwise."""
+    timeouts: tuple[type, ...] = (httpx2.TimeoutException,)
+    connections: tuple[type, ...] = (httpx2.TransportError,)
+    if sdk is not None:
+        if isinstance(exc, sdk.APIResponseValidationError):
+            return provider_error(provider, MalformedResponseError, status=exc.status_code, detail="", api_key=api_key)
+        timeouts, connections = (sdk.APITimeoutError, *timeouts), (sdk.APIConnectionError, *connections)
+    if isinstance(exc, timeouts):
         return provider_error(provider, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
-    if isinstance(exc, (sdk.APIConnectionError, httpx2.TransportError)):
+    if isinstance(exc, connections):
         return connection_error(provider, exc, midstream=midstream)
     return None
 

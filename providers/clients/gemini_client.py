@@ -36,7 +36,6 @@ from .base import (
     PermissionDeniedError,
     ProviderError,
     ProviderStream,
-    ProviderTimeoutError,
     ProviderType,
     StreamEnd,
     StreamEvent,
@@ -46,12 +45,13 @@ from .base import (
     acall_mapped,
     anext_mapped,
     call_mapped,
-    connection_error,
     error_class_for_status,
     next_mapped,
     parse_retry_after,
-    provider_error,
     require_key,
+    status_error,
+    transport_error,
+    unreadable_error,
 )
 from .pool import HttpPool, ssl_context
 
@@ -201,26 +201,20 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
         elif status == 400 and kind == "FAILED_PRECONDITION":
             # The account, not the request: billing, or a region the free tier does not serve.
             error_class = PermissionDeniedError
-        if error_class is AuthenticationError:
-            message = "the API key was refused"
-        return provider_error(
+        return status_error(
             NAME,
-            error_class,
-            status=status,
-            detail=f"{kind}: {message}" if kind else message,
+            status,
+            kind=kind,
+            message=message,
             api_key=api_key,
             retry_after=_retry_after(exc) if status == 429 else None,
+            error_class=error_class,
         )
-    if isinstance(exc, httpx2.TimeoutException):
-        return provider_error(NAME, ProviderTimeoutError, status=None, detail="timed out", api_key=api_key)
-    if isinstance(exc, httpx2.TransportError):
-        return connection_error(NAME, exc, midstream=midstream)
-    if isinstance(exc, (ValueError, httpx2.DecodingError)):
-        # Bodies that are not JSON (UnknownApiResponseError, json.JSONDecodeError) or not the expected
-        # shape (pydantic's ValidationError).
-        detail = f"unreadable response ({type(exc).__name__})"
-        return provider_error(NAME, MalformedResponseError, status=None, detail=detail, api_key=api_key)
-    return None
+    error = transport_error(NAME, exc, api_key=api_key, midstream=midstream)
+    if error is not None:
+        return error
+    # Bodies that are not JSON (UnknownApiResponseError, json.JSONDecodeError) or not the expected shape.
+    return unreadable_error(NAME, exc, api_key=api_key)
 
 
 class GeminiClient:

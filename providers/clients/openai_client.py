@@ -43,9 +43,10 @@ from .base import (
     anext_mapped,
     call_mapped,
     next_mapped,
+    parse_retry_after,
     provider_error,
-    sdk_transport_error,
     status_error,
+    transport_error,
     unreadable_error,
 )
 from .pool import PooledSdkClient
@@ -157,10 +158,9 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
         return exc
     if isinstance(exc, openai.APIStatusError):
         kind, message = _body_error(exc.body)
-        return status_error(
-            NAME, exc.status_code, kind=kind, message=message, headers=exc.response.headers, api_key=api_key
-        )
-    error = sdk_transport_error(NAME, exc, sdk=openai, api_key=api_key, midstream=midstream)
+        retry = parse_retry_after(exc.response.headers) if exc.status_code == 429 else None
+        return status_error(NAME, exc.status_code, kind=kind, message=message, api_key=api_key, retry_after=retry)
+    error = transport_error(NAME, exc, api_key=api_key, midstream=midstream, sdk=openai)
     if error is not None:
         return error
     if isinstance(exc, openai.APIError):
