@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
+from psycopg import errors
 
 
 def results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
@@ -24,6 +25,19 @@ def results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[l
     """
     if connection.vendor != "postgresql":
         raise RuntimeError("results_in_one_message needs PostgreSQL")
+    try:
+        return _results_in_one_message(statements)
+    except DatabaseError as error:
+        # A prepared statement this connection no longer has (a pooler or someone ran DISCARD ALL or DEALLOCATE),
+        # or whose plan a migration invalidated ("cached plan must not change result type"). Outside a
+        # transaction nothing was done: forget what was prepared here, and prepare again once.
+        if connection.in_atomic_block or not _prepared_statement_lost(error):
+            raise
+        _forget_prepared()
+        return _results_in_one_message(statements)
+
+
+def _results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
     results: list[list[tuple] | None] = []
     with connection.cursor() as cursor:
         # The driver's cursor for what cannot fail (binding, reading results already received): Django's wrapper
@@ -102,6 +116,23 @@ def _prepared(names: set[str] | None, sql: str, params: Sequence | Mapping) -> t
     if statement.parameter_names is not None:
         params = [params[name] for name in statement.parameter_names]
     return statement.execute_sql, params
+
+
+def _prepared_statement_lost(error: DatabaseError) -> bool:
+    cause = error.__cause__
+    if not prepared_statements_enabled():
+        return False
+    if isinstance(cause, errors.InvalidSqlStatementName):
+        return True
+    return isinstance(cause, errors.FeatureNotSupported) and "cached plan" in str(cause)
+
+
+def _forget_prepared() -> None:
+    """Drop this connection's prepared statements: PostgreSQL's, and our record of them."""
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    with _prepared_lock:
+        _prepared_on.pop(connection.connection, None)
 
 
 def _statement(sql: str) -> _Statement:

@@ -41,7 +41,7 @@ from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from aditus.db import prepared, results_in_one_message
+from aditus.db import results_in_one_message
 from providers.clients.base import ErrorType, TokenUsage
 from usage.alerts import budget_crossings_record
 from usage.metrics import attempt_observe
@@ -362,13 +362,10 @@ def _reserve_in_one_statement(
     load a thread waits milliseconds for the GIL before it sends the next: every reservation and settlement of
     the config queues behind that row, which capped a process at a few dozen calls a second.
     """
-    sql, params = prepared(*_reserve_statement(config, tokens, windows, expires_at))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
+    [rows] = results_in_one_message([_reserve_statement(config, tokens, windows, expires_at)])
+    if not rows:
         return None
-    return _reservation_from_row(row, config, tokens, expires_at)
+    return _reservation_from_row(rows[0], config, tokens, expires_at)
 
 
 def _reserve_statement(

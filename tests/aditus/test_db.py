@@ -6,6 +6,7 @@ import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
+from aditus import db as aditus_db
 from aditus.db import prepared, results_in_one_message, statement_sources
 
 postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
@@ -81,3 +82,33 @@ def test_without_prepared_statements_the_sql_is_sent_as_it_is(settings):
 
 def test_statement_sources_leave_other_sql_alone():
     assert statement_sources("SELECT 1; EXECUTE someone_elses(1)") == "SELECT 1; EXECUTE someone_elses(1)"
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("reset", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_statements_the_connection_lost_are_prepared_again(reset):
+    assert results_in_one_message([(ADD, [1, 2])]) == [[(3, "100%")]]
+    with connection.cursor() as cursor:
+        cursor.execute(reset)  # as a pooler resetting the session would
+
+    with CaptureQueriesContext(connection) as context:
+        assert results_in_one_message([(ADD, [2, 2])]) == [[(4, "100%")]]
+
+    sent = [query["sql"].split()[0] for query in context.captured_queries]
+    assert sent == ["EXECUTE", "DEALLOCATE", "PREPARE", "EXECUTE"]
+    connection.close()  # DISCARD ALL also reset the session settings Django made when it connected
+
+
+@postgresql_only
+@pytest.mark.django_db
+def test_inside_a_transaction_a_lost_statement_is_an_error():
+    from django.db import DatabaseError
+
+    results_in_one_message([(ADD, [1, 2])])
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+
+    with pytest.raises(DatabaseError, match="does not exist"), transaction.atomic():
+        results_in_one_message([(ADD, [2, 2])])
+    aditus_db._forget_prepared()  # leave the connection as later tests expect it
