@@ -64,8 +64,10 @@ def _results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[
 # an ordinary statement, so it still fits in a multi-statement message with client-side binding.
 #
 # A `PREPARE` is not undone by a rollback; it lasts as long as the connection, which is what the per-connection
-# record below follows (a new connection is a new object). Poolers in transaction mode (PgBouncer) hand a
-# session's statements to other connections: turn DATABASE_PREPARED_STATEMENTS off behind one.
+# record below follows (a new connection is a new object). If the connection loses them anyway (DISCARD ALL,
+# DEALLOCATE) or a migration changes what one returns, `results_in_one_message` prepares again once, outside a
+# transaction. Poolers in transaction mode (PgBouncer) hand a session's statements to other connections: turn
+# DATABASE_PREPARED_STATEMENTS off behind one.
 
 _PLACEHOLDER = re.compile(r"%%|%s|%\((\w+)\)s")
 
