@@ -23,9 +23,10 @@ Left out, on purpose: sessions' response side (the task views never change a ses
 in the view for sessions; bearer requests need none), AuthenticationMiddleware and OTPMiddleware (the views
 authenticate themselves, and the task endpoints need no second factor), messages, django-axes (no login happens
 here), static files and health probes (other paths), and django-prometheus' request metrics (the ai_provider_*
-metrics record every call anyway). The request_started / request_finished receivers only reset the query log
-and close this thread's database connections and caches, which this path never opens: the views' database work
-runs in the thread pool (`tasks.services`), which looks after its own connections.
+metrics record every provider call, and `ai_task_responses_total` what the endpoints answered). The
+request_started / request_finished receivers only reset the query log and close this thread's database
+connections and caches, which this path never opens: the views' database work runs in the thread pool
+(`tasks.services`), which looks after its own connections.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from django.urls import set_script_prefix
 from django.utils.module_loading import import_string
 
 from aditus.aio import shielded
+from usage.metrics import task_response_observe
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ class TaskASGIHandler(ASGIHandler):
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
+            task_response_observe(None, error_response)
             await self.send_response(error_response, send)
             error_response.close()
             return
@@ -146,6 +149,7 @@ class TaskASGIHandler(ASGIHandler):
 
         async def process_request(request, send):
             response = await self.run_get_response(request)
+            task_response_observe(request, response)
             with contextlib.suppress(asyncio.CancelledError):  # the client went away during the send
                 await self.send_response(response, send)
             sent.set()

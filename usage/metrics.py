@@ -14,6 +14,8 @@ counters, so the names a scraper sees are:
     ai_provider_config_tokens_reserved{...}                             gauge, held by calls in flight
     ai_provider_config_token_limit{...}                                 gauge, for each limit that is set
     ai_provider_config_token_limit_ratio{...}                           gauge, used / limit (1 = at the limit)
+    ai_task_responses_total{endpoint,status}                            counter, what the task endpoints answered
+        (endpoint is the URL name, e.g. cover-letter-generate; "other" for a path that resolved to none)
 
 `provider` is the provider type (openai, claude, gemini); `outcome` is success, error, aborted or
 invalid_output. There is no user label, to keep the number of series small.
@@ -66,6 +68,19 @@ COST = Counter("ai_provider_cost_usd", "Cost in USD of the priced attempts.", AT
 LATENCY = Histogram(
     "ai_provider_latency_ms", "Provider attempt latency in milliseconds.", ATTEMPT_LABELS, buckets=LATENCY_BUCKETS_MS
 )
+
+
+# The task endpoints take a lean path (aditus.task_handler) without django-prometheus' django_http_* metrics.
+TASK_RESPONSES = Counter(
+    "ai_task_responses", "Responses of the task endpoints, by endpoint and status.", ("endpoint", "status")
+)
+
+
+def task_response_observe(request, response: HttpResponse) -> None:
+    """Count one response of a task endpoint."""
+    match = getattr(request, "resolver_match", None) if request is not None else None
+    endpoint = match.url_name if match is not None and match.url_name else "other"
+    TASK_RESPONSES.labels(endpoint, str(response.status_code)).inc()
 
 
 def attempt_observe(record: UsageRecord) -> None:

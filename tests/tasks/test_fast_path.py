@@ -248,3 +248,25 @@ def test_other_paths_go_to_the_full_stack(monkeypatch):
     status, _, _ = asgi_call("/api/v1/auth/token")
 
     assert (status, seen) == (204, ["/api/v1/auth/token"])
+
+
+def test_each_answer_of_the_task_endpoints_is_counted_by_endpoint_and_status(task_config, ordinary_user_token):
+    from prometheus_client import REGISTRY
+
+    task_config("openai")
+
+    def counted(endpoint: str, status: str) -> float:
+        labels = {"endpoint": endpoint, "status": status}
+        return REGISTRY.get_sample_value("ai_task_responses_total", labels) or 0.0
+
+    before = {key: counted(*key) for key in (("cover-letter-generate", "200"), ("cover-letter-generate", "401"))}
+    before["other"] = counted("other", "404")
+
+    assert asgi_call(COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"})[0] == 200
+    assert asgi_call(COVER_LETTER)[0] == 401
+    assert asgi_call(COVER_LETTER)[0] == 401
+    assert asgi_call("/api/v1/cover-letter/no-such-thing")[0] == 404
+
+    assert counted("cover-letter-generate", "200") - before[("cover-letter-generate", "200")] == 1
+    assert counted("cover-letter-generate", "401") - before[("cover-letter-generate", "401")] == 2
+    assert counted("other", "404") - before["other"] == 1
