@@ -6,8 +6,9 @@ import hashlib
 import re
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -52,6 +53,16 @@ def _results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[
                 raise RuntimeError("PostgreSQL returned fewer results than statements sent")
             results.append(driver.fetchall() if driver.description is not None else None)
     return results
+
+
+def answer_or_error(call: Callable[[], Any]) -> Any:
+    """For functions that answer a batch of items one by one (`usage.services.attempts_save`,
+    `tasks.services.requests_prepare`): what `call` returns, or the exception it raised, to hand back to the item
+    it belongs to instead of failing the whole batch."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - handed back to the item it belongs to
+        return error
 
 
 # --- Prepared statements --------------------------------------------------------------------------------------

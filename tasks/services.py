@@ -35,7 +35,7 @@ from django.db import DatabaseError, close_old_connections, connection, connecti
 from django.middleware.csrf import CsrfViewMiddleware
 
 from aditus.authentication import InvalidBearerToken, bearer_token_secret, bearer_token_user, token_query, token_user
-from aditus.db import results_in_one_message
+from aditus.db import answer_or_error, results_in_one_message
 from providers.clients.base import GenerateRequest
 from providers.models import ProviderConfig
 from tasks.responses import TaskError
@@ -168,7 +168,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
     Requests with a session, and reservations refused, take `request_prepare`'s own path.
     """
     if connection.vendor != "postgresql" or len(jobs) < 2:
-        return [_or_error(lambda job=job: request_prepare(**job)) for job in jobs]
+        return [answer_or_error(lambda job=job: request_prepare(**job)) for job in jobs]
     answers: list[Prepared | Exception | None] = [None] * len(jobs)
     secrets: dict[int, str] = {}  # position -> bearer token
     for position, job in enumerate(jobs):
@@ -180,7 +180,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
             answers[position] = error
             continue
         if secret is None:
-            answers[position] = _or_error(lambda job=job: request_prepare(**job))  # a session: its own path
+            answers[position] = answer_or_error(lambda job=job: request_prepare(**job))  # a session: its own path
         else:
             secrets[position] = secret
     if not secrets:
@@ -200,7 +200,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
             candidates = candidates_from_rows(candidate_rows[job["task"]])
             return _prepared(job["request"], user, candidates, job["read_input"], job["build"], reserve=False)
 
-        answers[position] = prepared = _or_error(prepare)
+        answers[position] = prepared = answer_or_error(prepare)
         if isinstance(prepared, Prepared) and prepared.ready:
             waiting[position] = (
                 prepared,
@@ -213,7 +213,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
     except DatabaseError:
         # Rolled back whole, so nothing was reserved: each reserves on its own.
         for position, (prepared, estimate) in waiting.items():
-            answers[position] = _or_error(
+            answers[position] = answer_or_error(
                 lambda prepared=prepared, estimate=estimate: _reserve_first(prepared, estimate)
             )
         return answers
@@ -221,7 +221,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
         if isinstance(reservation, LimitExceeded):
             prepared.over_limit.append(reservation)
             prepared.ready.pop(0)
-            answers[position] = _or_error(
+            answers[position] = answer_or_error(
                 lambda prepared=prepared, estimate=estimate: _reserve_first(prepared, estimate)
             )
         elif isinstance(reservation, Exception):
@@ -259,13 +259,6 @@ def _reserve_first(prepared: Prepared, estimate: int) -> Prepared:
             prepared.over_limit.append(refusal)
             prepared.ready.pop(0)
     return prepared
-
-
-def _or_error(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except Exception as error:  # noqa: BLE001 - handed back to the request it belongs to
-        return error
 
 
 def tokens_hold(*, config: ProviderConfig, tokens: int) -> Reservation | None:

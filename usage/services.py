@@ -29,7 +29,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
@@ -41,7 +40,7 @@ from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from aditus.db import results_in_one_message
+from aditus.db import answer_or_error, results_in_one_message
 from providers.clients.base import ErrorType, TokenUsage
 from usage.alerts import budget_crossings_record
 from usage.metrics import attempt_observe
@@ -286,7 +285,7 @@ def tokens_reserve_many(
     now = now or timezone.now()
     if connection.vendor != "postgresql" or len(requests) < 2:
         return [
-            _or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+            answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
             for config, tokens in requests
         ]
     windows = Windows.at(now)
@@ -295,7 +294,7 @@ def tokens_reserve_many(
     to_send: list[int] = []
     for position, (config, tokens) in enumerate(requests):
         if _has_limits(config):
-            answers[position] = _or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
+            answers[position] = answer_or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
             if answers[position] is None:
                 to_send.append(position)
     if not to_send:
@@ -310,15 +309,8 @@ def tokens_reserve_many(
         if found:
             answers[position] = _reservation_from_row(found[0], config, tokens, expires_at)
         else:
-            answers[position] = _or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+            answers[position] = answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
     return answers
-
-
-def _or_error(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except Exception as error:  # noqa: BLE001 - handed back to the one it belongs to
-        return error
 
 
 def _check_could_fit(config: ProviderConfig, tokens: int, windows: Windows) -> None:
@@ -610,7 +602,7 @@ def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exceptio
     one bad attempt cannot lose the others. Elsewhere, or for one attempt, `attempt_save` for each.
     """
     if connection.vendor != "postgresql" or len(attempts) == 1:
-        return [_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
+        return [answer_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
     writings = [_Writing.of(**attempt) for attempt in attempts]
     for writing in writings:
         attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
@@ -620,10 +612,12 @@ def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exceptio
         # Rolled back whole: nothing of it was written.
         logger.warning("Recording %d attempts together failed; saving each on its own", len(writings), exc_info=True)
         return [
-            _or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
+            answer_or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
             for writing in writings
         ]
-    return [_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings]
+    return [
+        answer_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings
+    ]
 
 
 @dataclass(slots=True)
