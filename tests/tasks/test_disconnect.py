@@ -17,6 +17,7 @@ from django.db import OperationalError
 
 from providers.fake.generation import reply_text, stream_pieces
 from tasks import prompts
+from tests.asgi import http_scope
 from tests.tasks.conftest import COVER_LETTER, CV_DRAFT, db_with_threads, usage_rows
 
 pytestmark = db_with_threads
@@ -28,25 +29,7 @@ async def asgi_post(path: str, data: dict, token: str, *, disconnect_when) -> li
     """POST through Django's ASGI handler; `disconnect_when(message, sent)` decides, for each message the app
     sends, whether the client goes away now (then `send` blocks, as a socket with a full buffer would)."""
     body = json.dumps(data).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, headers={"Content-Length": str(len(body)), "Authorization": f"Bearer {token}"})
     gone = asyncio.Event()
     sent: list[dict] = []
     body_given = False
@@ -160,22 +143,7 @@ def test_a_client_that_leaves_before_a_plain_answer_leaves_an_aborted_row(task_c
         async def send(message):
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "scheme": "http",
-            "path": CV_DRAFT,
-            "raw_path": CV_DRAFT.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"content-type", b"application/json"),
-                (b"authorization", f"Bearer {ordinary_user_token}".encode()),
-            ],
-            "client": ("127.0.0.1", 40001),
-            "server": ("testserver", 80),
-        }
+        scope = http_scope(CV_DRAFT, headers={"Authorization": f"Bearer {ordinary_user_token}"})
         started = asyncio.get_running_loop().time()
         await ASGIHandler()(scope, receive, send)
         elapsed = asyncio.get_running_loop().time() - started

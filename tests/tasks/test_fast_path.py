@@ -17,6 +17,7 @@ from django.test import Client
 from django.utils.crypto import get_random_string
 
 from aditus.task_handler import TaskASGIHandler, is_task_path
+from tests.asgi import http_scope
 from tests.tasks.conftest import COVER_LETTER, db_with_threads, usage_rows
 
 pytestmark = db_with_threads
@@ -30,22 +31,7 @@ def asgi_call(path: str, *, data=None, headers=None, host="testserver", scheme="
         from aditus.asgi import application
 
     body = json.dumps(data if data is not None else LETTER).encode() if method == "POST" else b""
-    all_headers = [(b"host", host.encode()), (b"content-type", b"application/json")]
-    all_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": scheme,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": all_headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, method=method, headers=headers, host=host, scheme=scheme)
     sent: list[dict] = []
 
     async def run():
