@@ -551,18 +551,19 @@ def attempt_save(
 ) -> UsageRecord:
     """Save a row from `attempt_build`, settling its reservation and noting the config's health (see
     `attempt_record`). Returns the row, saved."""
+    writing = _Writing.of(record, reservation=reservation, config=config, known_failures=known_failures)
     if connection.vendor == "postgresql":
-        _write_in_one_message(
-            [_Writing.of(record, reservation=reservation, config=config, known_failures=known_failures)]
-        )
+        _write_in_one_message([writing])
         return record
     now = record.created_at
-    error_type = record.error_type
     attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
-    total = record.total_tokens
-    count_without_reservation = reservation is None and total > 0 and _has_limits(config)
-    health = _health_change(config, record.outcome, error_type, known_failures)
-    if reservation is None and not count_without_reservation and health is None and not rollups_enabled():
+    total = writing.total
+    if (
+        reservation is None
+        and not writing.count_without_reservation
+        and writing.health is None
+        and not rollups_enabled()
+    ):
         record.save(force_insert=True)  # a single statement needs no transaction of its own
         return record
 
@@ -578,14 +579,12 @@ def attempt_save(
                 elif total:
                     # Expired and released by a sweep: the tokens were still spent.
                     counters = _used_add(cursor, reservation.config_id, total, Windows.at(now))
-            elif count_without_reservation:
+            elif writing.count_without_reservation:
                 counters = _used_add(cursor, config.pk, total, Windows.at(now))
             budget_crossings_record(config=config, counters=counters, tokens=total)
 
-            if health == "reset":
-                cursor.execute(_COOLDOWN_RESET, [config.pk])
-            elif health == "failure":
-                _failure_note(cursor, config.pk, error_type, now)
+            for sql, params in writing.health_statements():
+                cursor.execute(sql, params)
         record.save(force_insert=True)
         # Last, so the rollup rows every concurrent call of this bucket updates stay locked only for the commit.
         rollup_add(record=record)
@@ -616,7 +615,8 @@ def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exceptio
             for writing in writings
         ]
     return [
-        answer_or_error(lambda writing=writing: _after_message(writing, results, positions)) for writing in writings
+        answer_or_error(lambda writing=writing, position=position: _after_message(writing, results, position))
+        for writing, position in zip(writings, positions, strict=True)
     ]
 
 
@@ -703,37 +703,37 @@ def _write_in_one_message(writings: list[_Writing], *, observe: bool = True) -> 
         for writing in writings:
             attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
     results, positions = _write_message(writings)
-    return [_after_message(writing, results, positions) for writing in writings]
+    return [_after_message(writing, results, position) for writing, position in zip(writings, positions, strict=True)]
 
 
-def _write_message(writings: list[_Writing]) -> tuple[list, dict[int, tuple[int, int]]]:
-    """Send the message of `_write_in_one_message`; return its results and, per writing (by id), the positions
-    of its INSERT and of its counting statements among them."""
-    by_config = sorted(writings, key=_Writing.config_order)
+def _write_message(writings: list[_Writing]) -> tuple[list, list[tuple[int, int]]]:
+    """Send the message of `_write_in_one_message`; return its results and, for each writing in order, the
+    positions of its INSERT and of its counting statements among them."""
+    by_config = sorted(range(len(writings)), key=lambda index: writings[index].config_order())
     statements: list[tuple[str, list]] = []
-    for writing in by_config:
-        statements.extend(writing.health_statements())
-    inserts = {}
+    for index in by_config:
+        statements.extend(writings[index].health_statements())
+    inserts = []
     for writing in writings:
-        inserts[id(writing)] = len(statements)
+        inserts.append(len(statements))
         statements.append(_usage_insert(writing.record))
     statements.extend(rollup_statements(records=[writing.record for writing in writings]))
     # The counters last: the next call's reservation waits for these rows, so they stay locked only for the
     # commit (the rollup rows are contended only by other recordings, which run after their responses).
-    counting = {}
-    for writing in by_config:
-        counting[id(writing)] = len(statements)
-        statements.extend(writing.counting_statements())
+    counting = [0] * len(writings)
+    for index in by_config:
+        counting[index] = len(statements)
+        statements.extend(writings[index].counting_statements())
 
     # Inside a caller's transaction, a savepoint, so that a failure undoes this call's statements only.
     inner = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     with inner:
         results = results_in_one_message(statements)
-    return results, {key: (inserts[key], counting[key]) for key in inserts}
+    return results, list(zip(inserts, counting, strict=True))
 
 
-def _after_message(writing: _Writing, results: list, positions: dict[int, tuple[int, int]]) -> UsageRecord:
-    insert_position, counting_position = positions[id(writing)]
+def _after_message(writing: _Writing, results: list, positions: tuple[int, int]) -> UsageRecord:
+    insert_position, counting_position = positions
     record = writing.record
     record.pk = results[insert_position][0][0]
     record._state.adding = False
