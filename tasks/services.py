@@ -121,16 +121,28 @@ def user_and_candidates(request, task: str) -> tuple[Any, list[CandidateConfig]]
     On PostgreSQL a bearer token and the candidates are read in one message (`aditus.db`), one round trip
     instead of two; the candidates are read even when the token is then refused, which costs nothing more.
     """
-    header = request.META.get("HTTP_AUTHORIZATION")
-    if header and connection.vendor == "postgresql":
-        with _token_errors():
-            secret = bearer_token_secret(header)
+    if connection.vendor == "postgresql":
+        secret = _bearer_secret(request)
         if secret is not None:
             token_rows, candidate_rows = results_in_one_message([token_query(secret), candidates_query(task)])
-            with _token_errors():
-                user, _token = token_user(secret, row=token_rows[0] if token_rows else None)
-            return user, candidates_from_rows(candidate_rows)
+            return _token_row_user(secret, token_rows), candidates_from_rows(candidate_rows)
     return request_user(request), candidate_configs(task)
+
+
+def _bearer_secret(request) -> str | None:
+    """The request's bearer token (no query); None without one; TaskError 401 for a malformed one."""
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if not header:
+        return None
+    with _token_errors():
+        return bearer_token_secret(header)
+
+
+def _token_row_user(secret: str, token_rows: list[tuple]):
+    """The user of a bearer token from the rows of its `token_query`; TaskError 401 if it does not authenticate."""
+    with _token_errors():
+        user, _token = token_user(secret, row=token_rows[0] if token_rows else None)
+    return user
 
 
 @dataclass(slots=True)
@@ -172,10 +184,8 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
     answers: list[Prepared | Exception | None] = [None] * len(jobs)
     secrets: dict[int, str] = {}  # position -> bearer token
     for position, job in enumerate(jobs):
-        header = job["request"].META.get("HTTP_AUTHORIZATION")
         try:
-            with _token_errors():
-                secret = bearer_token_secret(header) if header else None
+            secret = _bearer_secret(job["request"])
         except TaskError as error:
             answers[position] = error
             continue
@@ -195,8 +205,7 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
         job = jobs[position]
 
         def prepare(job=job, secret=secret, token_rows=token_rows) -> Prepared:
-            with _token_errors():
-                user, _token = token_user(secret, row=token_rows[0] if token_rows else None)
+            user = _token_row_user(secret, token_rows)
             candidates = candidates_from_rows(candidate_rows[job["task"]])
             return _prepared(job["request"], user, candidates, job["read_input"], job["build"], reserve=False)
 

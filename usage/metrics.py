@@ -78,7 +78,7 @@ TASK_RESPONSES = Counter(
 
 def task_response_observe(request, response: HttpResponse) -> None:
     """Count one response of a task endpoint."""
-    match = getattr(request, "resolver_match", None) if request is not None else None
+    match = getattr(request, "resolver_match", None)
     endpoint = match.url_name if match is not None and match.url_name else "other"
     TASK_RESPONSES.labels(endpoint, str(response.status_code)).inc()
 
