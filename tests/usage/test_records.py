@@ -37,25 +37,26 @@ def first_words(sql: list[str]) -> list[str]:
     return [statement.split()[0] for statement in sql]
 
 
+# An attempt's arguments (`attempt_build`'s; `attempt_record` takes a reservation too).
+ATTEMPT = {
+    "request_id": "req-7f3a",
+    "user_id": None,
+    "task": "cv_drafting",
+    "config": None,
+    "provider_type": "openai",
+    "model": "gpt-4o",
+    "attempt": 1,
+    "outcome": "success",
+    "error_type": "",
+    "usage": None,
+    "latency_ms": 850,
+    "streamed": False,
+    "now": NOON,
+}
+
+
 def record(**overrides) -> UsageRecord:
-    arguments = {
-        "reservation": None,
-        "request_id": "req-7f3a",
-        "user_id": None,
-        "task": "cv_drafting",
-        "config": None,
-        "provider_type": "openai",
-        "model": "gpt-4o",
-        "attempt": 1,
-        "outcome": "success",
-        "error_type": "",
-        "usage": None,
-        "latency_ms": 850,
-        "streamed": False,
-        "now": NOON,
-    }
-    arguments.update(overrides)
-    return attempt_record(**arguments)
+    return attempt_record(**{"reservation": None, **ATTEMPT, **overrides})
 
 
 def test_a_usage_row_is_exact_to_the_token_and_the_cost(provider_config, ordinary_user):
@@ -265,19 +266,18 @@ def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provid
 
 
 def built(config, *, input_tokens: int, output_tokens: int) -> UsageRecord:
+    """An attempt of `config`'s model, built and costed, not saved."""
     return attempt_build(
-        request_id=f"req-{input_tokens}",
-        user_id=None,
-        task="cover_letter",
-        config=config,
-        provider_type=config.provider_type,
-        model=config.model_name,
-        attempt=1,
-        outcome="success",
-        usage=TokenUsage(input_tokens, output_tokens),
-        latency_ms=700,
-        streamed=False,
-        now=NOON,
+        **{
+            **ATTEMPT,
+            "request_id": f"req-{input_tokens}",
+            "task": "cover_letter",
+            "config": config,
+            "provider_type": config.provider_type,
+            "model": config.model_name,
+            "usage": TokenUsage(input_tokens, output_tokens),
+            "latency_ms": 700,
+        }
     )
 
 
