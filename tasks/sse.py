@@ -6,7 +6,8 @@
 
 Fallback happens before the first byte (see `Router.open_stream`); once deltas have gone out, a provider failure
 ends the stream with an `error` event. A client that goes away mid-stream still leaves a usage row (outcome
-`aborted`, the tokens consumed so far).
+`aborted`, the tokens consumed so far). Under WSGI (`manage.py runserver`) the events are read to the end in the
+view and sent in one body (`buffered_response`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 from providers.clients.base import MalformedResponseError, ProviderError, StreamEnd, TextDelta
 from tasks.responses import cost_text, dumps, usage_dict
@@ -135,6 +136,17 @@ class EventStream:
             )
         finally:
             await self.abandon()
+
+
+async def buffered_response(body: EventStream) -> HttpResponse:
+    """The whole event stream in one response, for a server that is not ASGI (`manage.py runserver`, a WSGI
+    server). There an async view runs in an event loop of its own that ends when the view returns, taking the
+    provider's open stream with it, so the events cannot be read later, as the body is sent: they are read to the
+    end here. The client gets the same events, all at once."""
+    chunks = [chunk async for chunk in body.events()]
+    response = HttpResponse(b"".join(chunks), content_type=CONTENT_TYPE)
+    response["Cache-Control"] = "no-cache"
+    return response
 
 
 class EventStreamResponse(StreamingHttpResponse):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -67,7 +68,10 @@ async def _handle(
         router = Router.for_task(call, spec, prepared)
         if prepared.stream:
             opened = await router.open_stream(prepared.provider_request)
-            response = sse.EventStreamResponse(sse.EventStream(call, opened))
+            if isinstance(request, ASGIRequest):
+                response = sse.EventStreamResponse(sse.EventStream(call, opened))
+            else:  # under WSGI the stream cannot outlive this view's event loop
+                response = await sse.buffered_response(sse.EventStream(call, opened))
         else:
             served = await router.generate(prepared.provider_request, spec.output)
             record = served.record

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import genai_prices
 import pytest
+from django.test import Client
 from PIL import Image
 
 from providers.fake.generation import json_text, reply_text, text_tokens
@@ -208,6 +209,28 @@ def test_it_streams_drafts_and_letters_with_each_provider(provider, path, system
         input_tokens,
         text_tokens(reply),
     )
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_under_wsgi_a_stream_arrives_whole(provider, task_config, auth):
+    # manage.py runserver and WSGI servers run an async view in an event loop that ends with the view: the events
+    # are read to the end there and sent in one body (before, the stream broke after its first delta).
+    config = task_config(provider, **PRICES)
+    response = Client().post(
+        COVER_LETTER, {"profile": PROFILE, "job": JOB, "stream": True}, content_type="application/json", headers=auth
+    )
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/event-stream")
+    events = sse_events(response.content)
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"delta"} and len(names) > 2
+    user_text = prompts.cover_letter_text(profile=PROFILE, job=JOB, tone="professional", language="en")
+    reply = reply_text(config.model_name, user_text)
+    assert "".join(data["text"] for name, data in events if name == "delta") == reply
+    assert events[-1][1]["request_id"] == response["X-Request-ID"]
+    [row] = usage_rows()
+    assert (row.outcome, row.streamed, row.output_tokens) == ("success", True, text_tokens(reply))
 
 
 def test_it_counts_cached_and_reasoning_tokens_and_prices_them_from_the_table(task_config, auth):
