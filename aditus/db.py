@@ -13,6 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connection
 from psycopg import errors
+from psycopg.pq import ExecStatus
+
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 def results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
@@ -51,7 +54,8 @@ def _results_in_one_message(statements: Sequence[tuple[str, Sequence]]) -> list[
         for position in range(len(statements)):
             if position and not driver.nextset():
                 raise RuntimeError("PostgreSQL returned fewer results than statements sent")
-            results.append(driver.fetchall() if driver.description is not None else None)
+            # (`description` would build a column list to say the same)
+            results.append(driver.fetchall() if driver.pgresult.status == TUPLES_OK else None)
     return results
 
 

@@ -85,13 +85,28 @@ def task_response_observe(request, response: HttpResponse) -> None:
 
 def attempt_observe(record: UsageRecord) -> None:
     """Count one provider attempt: a few in-memory (or, in multiprocess mode, mmapped) increments, no I/O."""
-    labels = (record.provider_type, record.model, record.task, str(record.outcome))
-    REQUESTS.labels(*labels).inc()
-    for kind, field in TOKEN_KINDS.items():
-        TOKENS.labels(*labels, kind).inc(getattr(record, field))
+    requests, tokens, cost, latency = _attempt_series(
+        record.provider_type, record.model, record.task, str(record.outcome)
+    )
+    requests.inc()
+    for field, series in tokens:
+        series.inc(getattr(record, field))
     if record.cost_usd is not None:
-        COST.labels(*labels).inc(float(record.cost_usd))
-    LATENCY.labels(*labels).observe(record.latency_ms)
+        cost.inc(float(record.cost_usd))
+    latency.observe(record.latency_ms)
+
+
+@lru_cache(maxsize=4096)
+def _attempt_series(*labels: str) -> tuple:
+    """The series one attempt's labels count in. `labels()` takes a lock and builds the label tuple each time,
+    eight times per attempt; the series of a label set never change, so they are looked up once (the set of
+    label values is already bounded: provider, model, task, outcome)."""
+    return (
+        REQUESTS.labels(*labels),
+        tuple((field, TOKENS.labels(*labels, kind)) for kind, field in TOKEN_KINDS.items()),
+        COST.labels(*labels),
+        LATENCY.labels(*labels),
+    )
 
 
 class DatabaseCollector:

@@ -35,7 +35,7 @@ from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -770,7 +770,9 @@ def _usage_insert(record: UsageRecord) -> tuple[str, list]:
         )
         _usage_insert_sql = (sql, fields)
     sql, fields = _usage_insert_sql
-    return sql, [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
+    database = connections[connection.alias]  # the thread's wrapper itself: each of `connection`'s attributes
+    # is looked up per thread, and the fields ask for several each
+    return sql, [field.get_db_prep_save(getattr(record, field.attname), database) for field in fields]
 
 
 def _health_change(
