@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -19,3 +19,27 @@ async def shielded(work: Awaitable[_T]) -> _T:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return await asyncio.shield(task)
+
+
+def when_loop_closes(close: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:
+    """Have `await close()` run when the running event loop shuts down; return the object the caller must keep
+    (the loop holds it weakly) for as long as that should happen.
+
+    It is an async generator, started to its `yield` here: `asyncio.run` (and so uvicorn and asgiref's
+    `async_to_sync`) closes every such generator in `loop.shutdown_asyncgens()` while the loop still runs, which
+    runs the `finally`. For what belongs to one loop (sockets, connections) and must not outlive it.
+    """
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await close()
+
+    generator = closer()
+    step = generator.asend(None)
+    try:
+        step.send(None)
+    except StopIteration:
+        return generator
+    raise RuntimeError("the generator awaited before its first yield")

@@ -65,11 +65,12 @@ def bearer_token_secret(header: bytes | str) -> str | None:
 _NOT_READ = object()
 
 
-def token_user(secret: str, *, row: tuple | None = _NOT_READ):
+def token_user(secret: str, *, row: tuple | None = _NOT_READ, record_use: bool = True):
     """Return (user, token) for a token's plaintext; raise `InvalidBearerToken` if it does not authenticate.
 
     `row` is the result of `token_query(secret)` when the caller ran it (None: no such token); without it,
-    the query runs here.
+    the query runs here. With `record_use` false the caller records the use (`token.mark_used()`), which
+    writes at most once a minute.
     """
     if row is _NOT_READ:
         token = _token_with_user_and_device(ApiToken.hash_secret(secret))
@@ -84,7 +85,8 @@ def token_user(secret: str, *, row: tuple | None = _NOT_READ):
     user = token.user
     if not user.is_active:
         raise InvalidBearerToken("The account this bearer token belongs to is disabled.")
-    token.mark_used()
+    if record_use:
+        token.mark_used()
     # Give token users the attributes OTPMiddleware gives session users, so `user.is_verified()` means
     # the same on both paths (IsVerifiedSuperAdmin checks the token itself all the same).
     user.otp_device = token.otp_device if token.is_mfa_verified else None

@@ -1,19 +1,25 @@
-"""Database helpers: several statements in one round trip, and statements PostgreSQL plans once per connection."""
+"""Database helpers: several statements in one round trip, statements PostgreSQL plans once per connection, and
+the same from the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 from psycopg import errors
 from psycopg.pq import ExecStatus
+
+from aditus.aio import when_loop_closes
 
 TUPLES_OK = ExecStatus.TUPLES_OK
 
@@ -123,20 +129,29 @@ def _prepared_names() -> set[str] | None:
 
 
 def _prepared(names: set[str] | None, sql: str, params: Sequence | Mapping) -> tuple[str, Sequence | Mapping]:
-    if names is None:
-        return sql, params
-    statement = _statements.get(sql) or _statement(sql)
-    if statement.name not in names:
+    statement, sent, params = _to_send(names, sql, params)
+    if statement is not None:
         with connection.cursor() as cursor:
             cursor.execute(statement.prepare_sql)
         names.add(statement.name)
+    return sent, params
+
+
+def _to_send(
+    names: set[str] | None, sql: str, params: Sequence | Mapping
+) -> tuple[_Statement | None, str, Sequence | Mapping]:
+    """(the statement to PREPARE first, if the connection lacks it; the SQL to send; its parameters)."""
+    if names is None:
+        return None, sql, params
+    statement = _statements.get(sql) or _statement(sql)
     if statement.parameter_names is not None:
         params = [params[name] for name in statement.parameter_names]
-    return statement.execute_sql, params
+    return (statement if statement.name not in names else None), statement.execute_sql, params
 
 
-def _prepared_statement_lost(error: DatabaseError) -> bool:
-    cause = error.__cause__
+def _prepared_statement_lost(error: Exception) -> bool:
+    """Whether `error` (the driver's, or Django's wrapping it) says a prepared statement is gone or stale."""
+    cause = error.__cause__ if isinstance(error, DatabaseError) else error
     if not prepared_statements_enabled():
         return False
     if isinstance(cause, errors.InvalidSqlStatementName):
@@ -189,3 +204,133 @@ def statement_sources(sent: str) -> str:
     """`sent` (SQL as a cursor sent it) with each `EXECUTE` of a statement `prepared` here replaced by that
     statement's SQL, placeholders and all: for tests and debugging that read what a block of code ran."""
     return _EXECUTE.sub(lambda match: _sources.get(match.group(1), match.group(0)), sent)
+
+
+# --- On the event loop ----------------------------------------------------------------------------------------
+#
+# The request path's own statements (the bearer token and the task's candidates, the first reservation) are also
+# sent from the event loop, over a connection of the loop's own, instead of from a database thread. Under load the
+# loop thread holds the GIL most of the time, and a thread's job needs it back after every wait on the network:
+# at 256 clients of a 1 s provider a prepare batch took 35-65 ms in its thread for ~2 ms of work (PostgreSQL sat
+# idle, its sessions in ClientRead), and the requests waited 65-190 ms for it. On the loop there is nothing to
+# hand over: the statements are sent, and the loop serves other requests until the answer is in.
+#
+# The loop's connections (LOOP_CONNECTIONS) are in autocommit mode: each message is one short implicit
+# transaction. Each is opened on first use, opened again after it broke or passed CONN_MAX_AGE, and closed when
+# its loop shuts down; same settings as Django's own connections (time zone, type adapters). Their statements
+# are prepared as `prepared` prepares Django's (DATABASE_PREPARED_STATEMENTS).
+
+
+# Connections per event loop: as many as the batches of requests that send statements from the loop at once
+# (`tasks.services`), so that one batch need not wait for another's answer.
+LOOP_CONNECTIONS = 2
+
+
+@dataclass(slots=True)
+class _Slot:
+    connection: Any = None  # psycopg.AsyncConnection, once opened
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+    close_at: float | None = None  # time.monotonic() after which it is replaced (CONN_MAX_AGE)
+
+    def usable(self) -> bool:
+        return self.connection is not None and not self.connection.closed
+
+    def expired(self) -> bool:
+        return self.close_at is not None and time.monotonic() >= self.close_at
+
+
+@dataclass(slots=True)
+class _LoopConnections:
+    slots: list[_Slot] = field(default_factory=lambda: [_Slot() for _ in range(LOOP_CONNECTIONS)])
+    turn: int = 0
+    closer: Any = None
+
+    def pick(self) -> _Slot:
+        """An open connection nobody is using; else one to open; else the next in turn (psycopg queues its
+        users)."""
+        for slot in self.slots:
+            if slot.usable() and not slot.connection.lock.locked():
+                return slot
+        for slot in self.slots:
+            if not slot.usable():
+                return slot
+        self.turn = (self.turn + 1) % len(self.slots)
+        return self.slots[self.turn]
+
+    async def close(self) -> None:
+        for slot in self.slots:
+            if slot.connection is not None:
+                await slot.connection.close()
+
+
+_loop_connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> _LoopConnections
+
+
+async def results_in_one_message_async(statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
+    """`results_in_one_message` from the running event loop, over its own connection (see above). Outside any
+    transaction; raises the driver's errors (`psycopg.Error`), not Django's."""
+    if connection.vendor != "postgresql":
+        raise RuntimeError("results_in_one_message_async needs PostgreSQL")
+    driver = await _loop_connection()
+    try:
+        return await _results_on(driver, statements)
+    except psycopg.Error as error:
+        if not _prepared_statement_lost(error) or driver.closed:
+            raise
+        await driver.execute("DEALLOCATE ALL")
+        with _prepared_lock:
+            _prepared_on.pop(driver, None)
+        return await _results_on(driver, statements)
+
+
+async def _results_on(driver, statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
+    names = None
+    if prepared_statements_enabled():
+        with _prepared_lock:
+            names = _prepared_on.setdefault(driver, set())
+    cursor = driver.cursor()
+    parts = []
+    for sql, params in statements:
+        statement, sent, sent_params = _to_send(names, sql, params)
+        if statement is not None:
+            await cursor.execute(statement.prepare_sql)
+            names.add(statement.name)
+        parts.append(cursor.mogrify(sent, sent_params))
+    await cursor.execute(";\n".join(parts))
+    results: list[list[tuple] | None] = []
+    for position in range(len(statements)):
+        if position and not cursor.nextset():
+            raise RuntimeError("PostgreSQL returned fewer results than statements sent")
+        results.append(await cursor.fetchall() if cursor.pgresult.status == TUPLES_OK else None)
+    return results
+
+
+async def _loop_connection():
+    loop = asyncio.get_running_loop()
+    connections_here = _loop_connections.get(loop)
+    if connections_here is None:
+        connections_here = _loop_connections[loop] = _LoopConnections()
+        connections_here.closer = when_loop_closes(connections_here.close)  # the loop holds it weakly
+    slot = connections_here.pick()
+    if slot.usable() and slot.expired() and not slot.connection.lock.locked():
+        await slot.connection.close()  # past CONN_MAX_AGE, as Django replaces its own
+    if not slot.usable():
+        async with slot.opening:
+            if not slot.usable():
+                slot.connection = await _connect()
+                max_age = connections[DEFAULT_DB_ALIAS].settings_dict["CONN_MAX_AGE"]
+                # (0, a connection per request for Django, has no counterpart here: kept, as with None)
+                slot.close_at = time.monotonic() + max_age if max_age else None
+    return slot.connection
+
+
+async def _connect():
+    """A connection like Django's own for the default database (same parameters, time zone and type adapters),
+    in autocommit mode, binding parameters on the client as Django's do."""
+    database = connections[DEFAULT_DB_ALIAS]
+    params = database.get_connection_params()
+    params.pop("cursor_factory", None)
+    driver = await psycopg.AsyncConnection.connect(**params, autocommit=True, cursor_factory=psycopg.AsyncClientCursor)
+    if driver.info.parameter_status("TimeZone") != database.timezone_name:
+        await driver.execute("SELECT set_config('TimeZone', %s, false)", [database.timezone_name])
+    return driver

@@ -85,12 +85,17 @@ class ApiToken(models.Model):
             self.revoked_at = now
         return bool(updated)
 
+    def use_recorded(self, *, now: datetime | None = None) -> bool:
+        """Whether a use at `now` is already recorded, to LAST_USED_RESOLUTION (so `mark_used` would not write)."""
+        now = now or timezone.now()
+        return self.last_used_at is not None and self.last_used_at > now - LAST_USED_RESOLUTION
+
     def mark_used(self, *, now: datetime | None = None) -> bool:
         """Record a use, at most once per LAST_USED_RESOLUTION; return True if a row was written."""
         now = now or timezone.now()
-        cutoff = now - LAST_USED_RESOLUTION
-        if self.last_used_at is not None and self.last_used_at > cutoff:
+        if self.use_recorded(now=now):
             return False
+        cutoff = now - LAST_USED_RESOLUTION
         # The condition is repeated in SQL so concurrent requests in other processes write once between them.
         updated = (
             ApiToken.objects.filter(pk=self.pk)

@@ -6,9 +6,12 @@
     attempts_finish  save attempts' costed rows and settle their reservations
 
 The first and the last run in batches (`Batches`): the requests that wait at the same time share their trips.
+On PostgreSQL a bearer-token request is prepared from the event loop itself instead (`requests_prepare_on_loop`,
+over the loop's own connections, see `aditus.db`): no thread, and no wait for the GIL that a thread's job needs
+after each answer from the database.
 
-So a request the first candidate serves makes two trips to the thread pool: prepare, then record (on the lean
-ASGI path, after the response has gone: see `tasks.router.record`).
+So a request the first candidate serves makes one trip to the thread pool, to record (on the lean ASGI path,
+after the response has gone: see `tasks.router.record`), or two with a session.
 
 Each runs in the event loop's database thread pool (`in_thread`, settings.DB_THREADS threads), where every thread
 keeps its own persistent connection and closes it before a job if it is broken or past CONN_MAX_AGE, the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import queue
 import threading
 import weakref
@@ -29,13 +33,14 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.db import DatabaseError, close_old_connections, connection, connections
 from django.middleware.csrf import CsrfViewMiddleware
 
 from aditus.authentication import InvalidBearerToken, bearer_token_secret, bearer_token_user, token_query, token_user
-from aditus.db import answer_or_error, results_in_one_message
+from aditus.db import LOOP_CONNECTIONS, answer_or_error, results_in_one_message, results_in_one_message_async
 from providers.clients.base import GenerateRequest
 from providers.models import ProviderConfig
 from tasks.responses import TaskError
@@ -48,7 +53,17 @@ from tasks.selectors import (
     weighted_order,
 )
 from usage.models import UsageRecord
-from usage.services import LimitExceeded, Reservation, attempts_save, tokens_reserve, tokens_reserve_many
+from usage.services import (
+    RESERVE_IN_A_THREAD,
+    LimitExceeded,
+    Reservation,
+    attempts_save,
+    tokens_reserve,
+    tokens_reserve_many,
+    tokens_reserve_many_on_loop,
+)
+
+logger = logging.getLogger(__name__)
 
 NOT_AUTHENTICATED = (
     "Authentication required: send 'Authorization: Bearer <token>' (a token from /api/v1/auth/token), "
@@ -204,12 +219,11 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
     for (position, secret), token_rows in zip(secrets.items(), read, strict=False):
         job = jobs[position]
 
-        def prepare(job=job, secret=secret, token_rows=token_rows) -> Prepared:
-            user = _token_row_user(secret, token_rows)
-            candidates = candidates_from_rows(candidate_rows[job["task"]])
-            return _prepared(job["request"], user, candidates, job["read_input"], job["build"], reserve=False)
-
-        answers[position] = prepared = answer_or_error(prepare)
+        answers[position] = prepared = answer_or_error(
+            lambda job=job, secret=secret, token_rows=token_rows: _prepared_from_rows(
+                job, secret, token_rows, candidate_rows[job["task"]]
+            )
+        )
         if isinstance(prepared, Prepared) and prepared.ready:
             waiting[position] = (
                 prepared,
@@ -238,6 +252,20 @@ def requests_prepare(*, jobs: list[dict[str, Any]]) -> list[Prepared | Exception
         else:
             prepared.first_reservation = reservation
     return answers
+
+
+def _prepared_from_rows(
+    job: dict[str, Any], secret: str, token_rows: list[tuple], candidate_rows: list[tuple], *, unrecorded=None
+) -> Prepared:
+    """A request's `Prepared` (without its reservation) from its token's rows and its task's candidate rows.
+    With `unrecorded` (a list), a token whose use is due to be written is added to it instead of written here."""
+    with _token_errors():
+        row = token_rows[0] if token_rows else None
+        user, token = token_user(secret, row=row, record_use=unrecorded is None)
+    if unrecorded is not None and not token.use_recorded():
+        unrecorded.append(token)
+    candidates = candidates_from_rows(candidate_rows)
+    return _prepared(job["request"], user, candidates, job["read_input"], job["build"], reserve=False)
 
 
 def _prepared(request, user, candidates, read_input, build, *, reserve: bool = True) -> Prepared:
@@ -384,13 +412,25 @@ class Batches:
     at most `max_in_flight` batches at a time, and the items that come in meanwhile all in the next one, as a
     database groups commits.
 
+    The function runs in the database threads, or, given as `on_loop`, on the event loop itself (a coroutine
+    function that sends its statements from the loop, `aditus.db.results_in_one_message_async`).
+
     One request alone waits as long as before (its batch starts at once). Many at a time share trips: under
     load, a thread hop, a psycopg round trip and a commit per call for each step, and the threads' contention
     for the GIL that grew with them, cost more than the rest of the gateway's work for the call.
     """
 
-    def __init__(self, function: Callable[[list], list], *, max_in_flight: int, max_items: int = 100):
-        self._function = function  # items -> one answer (or exception) per item, in order
+    def __init__(
+        self,
+        function: Callable[[list], list] | None = None,
+        *,
+        on_loop: Callable[[list], Awaitable[list]] | None = None,
+        max_in_flight: int,
+        max_items: int = 100,
+    ):
+        # items -> one answer (or exception) per item, in order: `function` in the database threads, or the
+        # coroutine function `on_loop` on the event loop
+        self._function, self._on_loop = function, on_loop
         self.max_in_flight, self.max_items = max_in_flight, max_items
         self._waiting: list[tuple[Any, asyncio.Future]] = []
         self._in_flight: set[asyncio.Task] = set()
@@ -412,7 +452,11 @@ class Batches:
             if not batch:  # every caller went away before its turn: nothing to do for them
                 continue
             try:
-                answers = await database_threads().submit(self._function, {"items": [item for item, _ in batch]})
+                items = [item for item, _ in batch]
+                if self._on_loop is not None:
+                    answers = await self._on_loop(items)
+                else:
+                    answers = await database_threads().submit(self._function, {"items": items})
             except asyncio.CancelledError:
                 # The loop is going away (the callers' saves are shielded): nobody is left to answer.
                 for _, future in (*batch, *self._waiting):
@@ -447,16 +491,82 @@ def _batched(name: str) -> Batches:
             # lock wait, holds up only those). At 256 clients of a 1 s provider, 8 x 8 served 5-10% more than
             # 4 x 100 or 16 x 4 (benchmarks/gateway.py's scenario, alternated runs).
             "prepare": Batches(lambda items: requests_prepare(jobs=items), max_in_flight=8, max_items=8),
+            # Bearer-token requests on PostgreSQL: their statements go from the loop itself (`aditus.db`).
+            "prepare_on_loop": Batches(on_loop=requests_prepare_on_loop, max_in_flight=LOOP_CONNECTIONS, max_items=32),
         }
     return found[name]
 
 
 async def request_prepare_async(**job: Any) -> Prepared:
-    """`request_prepare` in the database threads, with the requests that wait at the same time (`Batches`).
-    An upload (the image task) goes alone: reading it is slow enough to hold up a batch."""
-    if job["request"].content_type == "multipart/form-data":
+    """`request_prepare` for the async views. On PostgreSQL a bearer-token request sends its statements from
+    the event loop (`requests_prepare_on_loop`); others go to the database threads, with the requests that wait
+    at the same time (`Batches`). An upload (the image task) goes alone: reading it is slow enough to hold up a
+    batch."""
+    request = job["request"]
+    if request.content_type == "multipart/form-data":
         return await _request_prepare_alone(**job)
+    if connection.vendor == "postgresql" and _bearer_secret(request) is not None:
+        return await _batched("prepare_on_loop").run(job)
     return await _batched("prepare").run(job)
+
+
+async def requests_prepare_on_loop(jobs: list[dict[str, Any]]) -> list[Prepared | Exception]:
+    """`requests_prepare` for bearer-token requests, its statements sent from the event loop
+    (`aditus.db.results_in_one_message_async`): the tokens and the candidates of all of them in one message, the
+    first reservations in another (`usage.services.tokens_reserve_many_on_loop`). What that cannot do goes to the
+    database threads: recording a token's use (a write, once a minute), a reservation only `tokens_reserve` can
+    make or refuse, and the whole batch if the loop's connection fails."""
+    secrets = [_bearer_secret(job["request"]) for job in jobs]  # checked before they were queued
+    tasks = sorted({job["task"] for job in jobs})
+    try:
+        read = await results_in_one_message_async(
+            [token_query(secret) for secret in secrets] + [candidates_query(task) for task in tasks]
+        )
+    except psycopg.Error:
+        logger.warning("The event loop's database connection failed; preparing in a database thread", exc_info=True)
+        return await database_threads().submit(requests_prepare, {"jobs": jobs})
+    candidate_rows = dict(zip(tasks, read[len(secrets) :], strict=True))
+    answers: list[Prepared | Exception] = []
+    unrecorded = []  # tokens whose use is due to be written
+    for job, secret, token_rows in zip(jobs, secrets, read, strict=False):
+        answers.append(
+            answer_or_error(
+                lambda job=job, secret=secret, token_rows=token_rows: _prepared_from_rows(
+                    job, secret, token_rows, candidate_rows[job["task"]], unrecorded=unrecorded
+                )
+            )
+        )
+    if unrecorded:
+        try:
+            await database_threads().submit(_tokens_mark_used, {"tokens": unrecorded})
+        except DatabaseError:  # when a token was last used is not worth failing the requests for
+            logger.exception("Could not record the use of %d bearer tokens", len(unrecorded))
+    waiting = [
+        (position, prepared, estimate_tokens(prepared.provider_request, settings.TASK_IMAGE_TOKEN_ALLOWANCE))
+        for position, prepared in enumerate(answers)
+        if isinstance(prepared, Prepared) and prepared.ready
+    ]
+    reserved = await tokens_reserve_many_on_loop(
+        [(prepared.ready[0].config, estimate) for _, prepared, estimate in waiting]
+    )
+    elsewhere: dict[int, Awaitable[Prepared]] = {}  # position -> its reservation in a database thread
+    for (position, prepared, estimate), reservation in zip(waiting, reserved, strict=True):
+        if reservation is RESERVE_IN_A_THREAD:
+            elsewhere[position] = _reserve_first_async(prepared=prepared, estimate=estimate)
+        else:
+            prepared.first_reservation = reservation
+    outcomes = await asyncio.gather(*elsewhere.values(), return_exceptions=True)
+    for position, outcome in zip(elsewhere, outcomes, strict=True):
+        if isinstance(outcome, Exception):  # that request's own failure
+            answers[position] = outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    return answers
+
+
+def _tokens_mark_used(*, tokens: list) -> None:
+    for token in tokens:
+        token.mark_used()
 
 
 async def attempt_finish_async(**attempt: Any) -> UsageRecord:
@@ -466,4 +576,5 @@ async def attempt_finish_async(**attempt: Any) -> UsageRecord:
 
 
 _request_prepare_alone = in_thread(request_prepare)
+_reserve_first_async = in_thread(_reserve_first)
 tokens_hold_async = in_thread(tokens_hold)

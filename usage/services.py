@@ -34,13 +34,14 @@ from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from aditus.db import answer_or_error, results_in_one_message
+from aditus.db import answer_or_error, results_in_one_message, results_in_one_message_async
 from providers.clients.base import ErrorType, TokenUsage
 from usage.alerts import budget_crossings_record
 from usage.metrics import attempt_observe
@@ -272,6 +273,54 @@ def tokens_reserve(*, config: ProviderConfig, tokens: int, now: datetime | None 
     return _reserve_in_a_transaction(config, tokens, windows, expires_at)
 
 
+# What `tokens_reserve_on_loop` answers when only `tokens_reserve` can say.
+RESERVE_IN_A_THREAD = object()
+
+
+async def tokens_reserve_many_on_loop(
+    requests: list[tuple[ProviderConfig, int]], *, now: datetime | None = None
+) -> list[Reservation | None | object]:
+    """`tokens_reserve_many`'s common case from the event loop: the one-statement reservations in one message
+    (one transaction, config order), sent over the loop's connection (`aditus.db.results_in_one_message_async`).
+
+    Returns, in order, each one's reservation, None for a config without limits, or RESERVE_IN_A_THREAD where
+    only `tokens_reserve` can say: a refusal (it names the window and its reset), a window's first reservation
+    (it creates the counter row), the periodic sweep being due, or the message failing. Nothing is reserved for
+    those, unless the connection broke after PostgreSQL committed: those reservations then expire unused.
+    """
+    answers: list[Reservation | None | object] = [None] * len(requests)
+    if _sweep_due():
+        return [RESERVE_IN_A_THREAD if _has_limits(config) else None for config, _ in requests]
+    now = now or timezone.now()
+    windows = Windows.at(now)
+    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
+    to_send: list[int] = []
+    for position, (config, tokens) in enumerate(requests):
+        if not _has_limits(config):
+            continue
+        try:
+            _check_could_fit(config, tokens, windows)
+        except LimitExceeded:
+            answers[position] = RESERVE_IN_A_THREAD
+        else:
+            to_send.append(position)
+    if not to_send:
+        return answers
+    to_send.sort(key=lambda position: requests[position][0].pk)
+    try:
+        rows = await results_in_one_message_async(
+            [_reserve_statement(*requests[position], windows, expires_at) for position in to_send]
+        )
+    except psycopg.Error:
+        rows = [[] for _ in to_send]
+    for position, found in zip(to_send, rows, strict=True):
+        config, tokens = requests[position]
+        answers[position] = (
+            _reservation_from_row(found[0], config, tokens, expires_at) if found else RESERVE_IN_A_THREAD
+        )
+    return answers
+
+
 def tokens_reserve_many(
     requests: list[tuple[ProviderConfig, int]], *, now: datetime | None = None
 ) -> list[Reservation | None | Exception]:
@@ -429,10 +478,14 @@ def reservations_expire(*, now: datetime | None = None) -> int:
     return len(claimed)
 
 
+def _sweep_due() -> bool:
+    return time.monotonic() >= _next_sweep
+
+
 def _sweep_if_due(now: datetime) -> None:
     global _next_sweep
     # Per process and unlocked: two threads sweeping at once only cost a query, the release stays exactly once.
-    if time.monotonic() < _next_sweep:
+    if not _sweep_due():
         return
     _next_sweep = time.monotonic() + RESERVATION_SWEEP_INTERVAL_SECONDS
     reservations_expire(now=now)

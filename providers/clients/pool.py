@@ -3,7 +3,7 @@
 Each provider client owns one `HttpPool`: one `httpx2.Client` per base URL for the whole process, and one
 `httpx2.AsyncClient` per (running event loop, base URL). An async client's connections belong to the loop that
 opened them, and `async_to_sync` runs each call on a loop of its own, so async clients are never shared across
-loops; they are closed when their loop shuts down (see `_close_with_loop`).
+loops; they are closed when their loop shuts down (`aditus.aio.when_loop_closes`).
 
 The async clients use the aiohttp transport the OpenAI and Anthropic SDKs ship for this
 (`DefaultAioHttpClient`): the SDKs still build and send every request through httpx2's interface, and aiohttp
@@ -22,13 +22,15 @@ import functools
 import http.cookiejar
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import httpx2
 from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
 from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+
+from aditus.aio import when_loop_closes
 
 from .base import require_key
 
@@ -87,31 +89,6 @@ def _aiohttp_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
 
 
-async def _close_with_loop(clients: list[httpx2.AsyncClient]) -> AsyncGenerator[None, None]:
-    """Close `clients` when their event loop shuts down.
-
-    Started (to its `yield`) inside the loop, this generator is one the loop tracks; `asyncio.run` (and so
-    uvicorn and asgiref's `async_to_sync`) close every such generator in `loop.shutdown_asyncgens()` while the
-    loop still runs, which runs the `finally` here. An aiohttp session left open would otherwise warn when
-    collected, and hold its sockets until then.
-    """
-    try:
-        yield
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
-def _start(generator: AsyncGenerator[None, None]) -> None:
-    """Run an async generator to its first `yield` from synchronous code inside the running loop."""
-    step = generator.asend(None)
-    try:
-        step.send(None)
-    except StopIteration:
-        return
-    raise RuntimeError("the generator awaited before its first yield")
-
-
 class _LoopClients:
     """The async clients of one event loop, by base URL, closed with the loop; and what was built on them
     (`HttpPool.async_shared`)."""
@@ -122,8 +99,12 @@ class _LoopClients:
         self.by_url: dict[str, httpx2.AsyncClient] = {}
         self.shared: dict[tuple, tuple[httpx2.AsyncClient, Any]] = {}
         self.closing: list[httpx2.AsyncClient] = []
-        self.closer = _close_with_loop(self.closing)  # kept here: the loop holds its generators weakly
-        _start(self.closer)
+        # An aiohttp session left open would warn when collected, and hold its sockets until then.
+        self.closer = when_loop_closes(self._close)  # kept here: the loop holds it weakly
+
+    async def _close(self) -> None:
+        for client in self.closing:
+            await client.aclose()
 
 
 EventHooks = Mapping[str, list[Callable[..., Any]]]

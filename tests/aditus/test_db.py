@@ -112,3 +112,105 @@ def test_inside_a_transaction_a_lost_statement_is_an_error():
     with pytest.raises(DatabaseError, match="does not exist"), transaction.atomic():
         results_in_one_message([(ADD, [2, 2])])
     aditus_db._forget_prepared()  # leave the connection as later tests expect it
+
+
+# --- From the event loop ----------------------------------------------------------------------------------------
+
+
+def loop_driver():
+    from aditus.db import _loop_connection
+
+    return _loop_connection()
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_statements_go_from_the_event_loop_in_one_message_each_prepared_once_per_connection():
+    import asyncio
+
+    from aditus.db import results_in_one_message_async
+
+    async def scenario():
+        first = await results_in_one_message_async(
+            [(ADD, [2, 3]), ("SELECT 1 WHERE false", []), (NAMED, {"a": 1, "b": 5})]
+        )
+        driver = await loop_driver()
+        prepared_here = {
+            row[0] for row in await (await driver.execute("SELECT name FROM pg_prepared_statements")).fetchall()
+        }
+        second = await results_in_one_message_async([(ADD, [4, 5])])
+        return first, second, prepared_here, driver
+
+    first, second, prepared_here, driver = asyncio.run(scenario())
+
+    assert first == [[(5, "100%")], [], [(4, 2)]]
+    assert second == [[(9, "100%")]]
+    assert {aditus_db._statements[ADD].name, aditus_db._statements[NAMED].name} <= prepared_here
+    assert driver.closed  # with its event loop
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_loop_connection_that_lost_its_prepared_statements_prepares_them_again():
+    import asyncio
+
+    from aditus.db import results_in_one_message_async
+
+    async def scenario():
+        await results_in_one_message_async([(ADD, [1, 1])])
+        driver = await loop_driver()
+        await driver.execute("DEALLOCATE ALL")  # as a pooler's DISCARD ALL would
+        return await results_in_one_message_async([(ADD, [2, 2])])
+
+    assert asyncio.run(scenario()) == [[(4, "100%")]]
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_loop_connection_that_broke_fails_once_and_is_opened_again():
+    import asyncio
+
+    import psycopg
+
+    from aditus.db import results_in_one_message_async
+
+    async def scenario():
+        await results_in_one_message_async([(ADD, [1, 1])])
+        broken = await loop_driver()
+        params = connection.get_connection_params()
+        params.pop("cursor_factory")
+        with psycopg.connect(**params, autocommit=True) as other:  # another session ends it, as a restart would
+            other.execute("SELECT pg_terminate_backend(%s)", [broken.info.backend_pid])
+        with pytest.raises(psycopg.OperationalError):
+            await results_in_one_message_async([(ADD, [1, 1])])
+        again = await results_in_one_message_async([(ADD, [3, 3])])
+        return again, broken, await loop_driver()
+
+    again, broken, driver = asyncio.run(scenario())
+    assert again == [[(6, "100%")]]
+    assert broken.closed and driver is not broken
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_loop_connection_past_conn_max_age_is_replaced():
+    import asyncio
+
+    from django.db import connections
+
+    from aditus.db import results_in_one_message_async
+
+    async def scenario():
+        await results_in_one_message_async([(ADD, [1, 1])])
+        first = await loop_driver()
+        await asyncio.sleep(1.1)
+        assert await results_in_one_message_async([(ADD, [1, 2])]) == [[(3, "100%")]]
+        return first, await loop_driver()
+
+    old = connections["default"].settings_dict["CONN_MAX_AGE"]
+    connections["default"].settings_dict["CONN_MAX_AGE"] = 1
+    try:
+        first, then = asyncio.run(scenario())
+    finally:
+        connections["default"].settings_dict["CONN_MAX_AGE"] = old
+    assert first.closed and then is not first

@@ -125,3 +125,103 @@ def test_a_reservation_refused_in_a_batch_moves_that_request_to_its_next_candida
     # Each reserves ~2,400 tokens (the prompt and the task's output cap): the first fits the tight config.
     assert [answer.first_reservation.config_id for answer in answers] == [tight.pk, spare.pk, spare.pk]
     assert [len(answer.over_limit) for answer in answers] == [0, 1, 1]
+
+
+# --- From the event loop (PostgreSQL, bearer tokens) ------------------------------------------------------------
+
+postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
+# The loop's connection and the threads' see only what is committed.
+committed = pytest.mark.django_db(transaction=True)
+
+
+def prepare_on_loop(jobs):
+    import asyncio
+
+    from tasks.services import requests_prepare_on_loop
+
+    return asyncio.run(requests_prepare_on_loop(jobs))
+
+
+@postgresql_only
+@committed
+def test_requests_prepared_from_the_loop_each_get_their_user_candidates_and_reservation(
+    task_config, ordinary_user, ordinary_user_token, django_user_model
+):
+    from aditus.services import api_token_issue
+    from tasks.services import Prepared
+    from usage.models import TokenReservation
+
+    limited = task_config("openai", daily_token_limit=100_000, priority=1)
+    spare = task_config("claude", priority=2)
+    other = django_user_model.objects.create_user("other", password="Quiet-Lantern-Orbit-73")
+    _token, other_secret = api_token_issue(user=other, otp_device=None)
+    revoked, revoked_secret = api_token_issue(user=other, otp_device=None)
+    ApiToken.objects.filter(pk=revoked.pk).update(revoked_at="2026-01-01T00:00:00Z")
+
+    first, refused, bad, fourth = prepare_on_loop(
+        [
+            job(letter_request(ordinary_user_token, LETTER)),
+            job(letter_request(revoked_secret, LETTER)),
+            job(letter_request(other_secret, '{"profile": ""}')),
+            job(letter_request(other_secret, LETTER)),
+        ]
+    )
+
+    assert isinstance(first, Prepared) and isinstance(fourth, Prepared)
+    assert (first.user_id, fourth.user_id) == (ordinary_user.pk, other.pk)
+    for prepared in (first, fourth):
+        assert [candidate.config.pk for candidate in prepared.ready] == [limited.pk, spare.pk]
+        assert prepared.first_reservation.config_id == limited.pk
+    assert first.first_reservation.id != fourth.first_reservation.id
+    assert set(TokenReservation.objects.values_list("pk", flat=True)) == {
+        first.first_reservation.id,
+        fourth.first_reservation.id,
+    }
+    assert isinstance(refused, TaskError) and refused.status == 401
+    assert isinstance(bad, TaskError) and bad.status == 400
+    # Each use is recorded (once a minute), from a database thread.
+    assert ApiToken.objects.filter(last_used_at__isnull=True).count() == 1  # only the revoked one
+
+
+@postgresql_only
+@committed
+def test_a_reservation_refused_from_the_loop_moves_that_request_to_its_next_candidate(task_config, ordinary_user_token):
+    from usage.services import tokens_reserve
+
+    tight = task_config("openai", daily_token_limit=3_000, priority=1)
+    spare = task_config("claude", daily_token_limit=1_000_000, priority=2)
+    for config in (tight, spare):
+        tokens_reserve(config=config, tokens=1)  # the windows' counter rows exist: the one-statement path
+
+    answers = prepare_on_loop([job(letter_request(ordinary_user_token, LETTER)) for _ in range(3)])
+
+    assert [answer.first_reservation.config_id for answer in answers] == [tight.pk, spare.pk, spare.pk]
+    assert [len(answer.over_limit) for answer in answers] == [0, 1, 1]
+    assert [refusal.config_id for answer in answers for refusal in answer.over_limit] == [tight.pk, tight.pk]
+
+
+@postgresql_only
+@committed
+def test_when_the_loop_connection_breaks_the_requests_are_prepared_in_a_thread(task_config, ordinary_user_token):
+    import asyncio
+
+    import psycopg
+
+    from aditus.db import _loop_connection
+    from tasks.services import requests_prepare_on_loop
+
+    config = task_config("openai", daily_token_limit=100_000)
+    jobs = [job(letter_request(ordinary_user_token, LETTER)) for _ in range(2)]
+
+    async def scenario():
+        await requests_prepare_on_loop(jobs[:1])
+        broken = await _loop_connection()
+        params = connection.get_connection_params()
+        params.pop("cursor_factory")
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [broken.info.backend_pid])
+        return await requests_prepare_on_loop(jobs)
+
+    answers = asyncio.run(scenario())
+
+    assert [answer.first_reservation.config_id for answer in answers] == [config.pk, config.pk]
