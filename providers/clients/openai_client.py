@@ -13,6 +13,7 @@ no transformation (plain strings, numbers and dicts), and the answer is checked 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Any
@@ -114,6 +115,13 @@ def check_json(text: str, request: GenerateRequest) -> None:
 COMPLETIONS_PATH = "/chat/completions"
 
 
+@functools.lru_cache(maxsize=256)
+def _completions_url(base_url: str) -> str:
+    """The absolute URL of chat completions under `base_url`, as the SDK joins it. Given a path, the SDK parses
+    the base URL again on every call to join them (~20 us of CPU); given the absolute URL, it parses that once."""
+    return base_url.rstrip("/") + COMPLETIONS_PATH
+
+
 def result_from_response(response: httpx2.Response, request: GenerateRequest) -> GenerateResult:
     """The result of a chat completion from its raw (2xx) response."""
     try:
@@ -195,8 +203,9 @@ class OpenAIClient(PooledSdkClient):
 
         sdk, key_headers = self._async_sdk(endpoint, api_key)
         body = build_params(endpoint, request)
+        url = _completions_url(str(sdk.base_url))
         response = await acall_mapped(
-            errors, sdk.post(COMPLETIONS_PATH, body=body, cast_to=httpx2.Response, options={"headers": key_headers})
+            errors, sdk.post(url, body=body, cast_to=httpx2.Response, options={"headers": key_headers})
         )
         return result_from_response(response, request)
 
