@@ -12,3 +12,15 @@ def sent_queries(context: CaptureQueriesContext) -> list[str]:
     return [
         statement_sources(query["sql"]) for query in context.captured_queries if not query["sql"].startswith("PREPARE ")
     ]
+
+
+def terminate_backend(pid: int) -> None:
+    """End a PostgreSQL session from another one (as a server restart or an idle timeout would), over a
+    connection of its own, usable from inside an event loop."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory")
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])

@@ -1,13 +1,22 @@
 """aditus.db: several statements in one round trip, and statements prepared once per connection (PostgreSQL)."""
 
+import asyncio
 import uuid
 
+import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from aditus import db as aditus_db
-from aditus.db import prepared, results_in_one_message, statement_sources
+from aditus.db import (
+    _loop_connection,
+    prepared,
+    results_in_one_message,
+    results_in_one_message_async,
+    statement_sources,
+)
+from tests.queries import terminate_backend
 
 postgresql_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
 
@@ -117,24 +126,14 @@ def test_inside_a_transaction_a_lost_statement_is_an_error():
 # --- From the event loop ----------------------------------------------------------------------------------------
 
 
-def loop_driver():
-    from aditus.db import _loop_connection
-
-    return _loop_connection()
-
-
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_statements_go_from_the_event_loop_in_one_message_each_prepared_once_per_connection():
-    import asyncio
-
-    from aditus.db import results_in_one_message_async
-
     async def scenario():
         first = await results_in_one_message_async(
             [(ADD, [2, 3]), ("SELECT 1 WHERE false", []), (NAMED, {"a": 1, "b": 5})]
         )
-        driver = await loop_driver()
+        driver = await _loop_connection()
         prepared_here = {
             row[0] for row in await (await driver.execute("SELECT name FROM pg_prepared_statements")).fetchall()
         }
@@ -149,16 +148,17 @@ def test_statements_go_from_the_event_loop_in_one_message_each_prepared_once_per
     assert driver.closed  # with its event loop
 
 
+async def used_loop_connection() -> psycopg.AsyncConnection:
+    """The running loop's connection, after a first statement over it."""
+    await results_in_one_message_async([(ADD, [1, 1])])
+    return await _loop_connection()
+
+
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_loop_connection_that_lost_its_prepared_statements_prepares_them_again():
-    import asyncio
-
-    from aditus.db import results_in_one_message_async
-
     async def scenario():
-        await results_in_one_message_async([(ADD, [1, 1])])
-        driver = await loop_driver()
+        driver = await used_loop_connection()
         await driver.execute("DEALLOCATE ALL")  # as a pooler's DISCARD ALL would
         return await results_in_one_message_async([(ADD, [2, 2])])
 
@@ -168,23 +168,13 @@ def test_a_loop_connection_that_lost_its_prepared_statements_prepares_them_again
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_loop_connection_that_broke_fails_once_and_is_opened_again():
-    import asyncio
-
-    import psycopg
-
-    from aditus.db import results_in_one_message_async
-
     async def scenario():
-        await results_in_one_message_async([(ADD, [1, 1])])
-        broken = await loop_driver()
-        params = connection.get_connection_params()
-        params.pop("cursor_factory")
-        with psycopg.connect(**params, autocommit=True) as other:  # another session ends it, as a restart would
-            other.execute("SELECT pg_terminate_backend(%s)", [broken.info.backend_pid])
+        broken = await used_loop_connection()
+        terminate_backend(broken.info.backend_pid)  # as a server restart would
         with pytest.raises(psycopg.OperationalError):
             await results_in_one_message_async([(ADD, [1, 1])])
         again = await results_in_one_message_async([(ADD, [3, 3])])
-        return again, broken, await loop_driver()
+        return again, broken, await _loop_connection()
 
     again, broken, driver = asyncio.run(scenario())
     assert again == [[(6, "100%")]]
@@ -194,18 +184,11 @@ def test_a_loop_connection_that_broke_fails_once_and_is_opened_again():
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_loop_connection_past_conn_max_age_is_replaced():
-    import asyncio
-
-    from django.db import connections
-
-    from aditus.db import results_in_one_message_async
-
     async def scenario():
-        await results_in_one_message_async([(ADD, [1, 1])])
-        first = await loop_driver()
+        first = await used_loop_connection()
         await asyncio.sleep(1.1)
         assert await results_in_one_message_async([(ADD, [1, 2])]) == [[(3, "100%")]]
-        return first, await loop_driver()
+        return first, await _loop_connection()
 
     old = connections["default"].settings_dict["CONN_MAX_AGE"]
     connections["default"].settings_dict["CONN_MAX_AGE"] = 1

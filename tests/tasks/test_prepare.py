@@ -205,10 +205,9 @@ def test_a_reservation_refused_from_the_loop_moves_that_request_to_its_next_cand
 def test_when_the_loop_connection_breaks_the_requests_are_prepared_in_a_thread(task_config, ordinary_user_token):
     import asyncio
 
-    import psycopg
-
     from aditus.db import _loop_connection
     from tasks.services import requests_prepare_on_loop
+    from tests.queries import terminate_backend
 
     config = task_config("openai", daily_token_limit=100_000)
     jobs = [job(letter_request(ordinary_user_token, LETTER)) for _ in range(2)]
@@ -216,10 +215,7 @@ def test_when_the_loop_connection_breaks_the_requests_are_prepared_in_a_thread(t
     async def scenario():
         await requests_prepare_on_loop(jobs[:1])
         broken = await _loop_connection()
-        params = connection.get_connection_params()
-        params.pop("cursor_factory")
-        with psycopg.connect(**params, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", [broken.info.backend_pid])
+        terminate_backend(broken.info.backend_pid)
         return await requests_prepare_on_loop(jobs)
 
     answers = asyncio.run(scenario())
