@@ -73,6 +73,11 @@ class _Parts:
     other_usd: Decimal = Decimal(0)  # prices with no direction, e.g. per request
 
 
+def prices_load() -> None:
+    """Load genai-prices' table (done on first use otherwise): for processes that load what they keep up front."""
+    get_snapshot()
+
+
 def price_quote(
     *,
     provider_type: str,

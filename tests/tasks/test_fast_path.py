@@ -256,3 +256,20 @@ def test_each_answer_of_the_task_endpoints_is_counted_by_endpoint_and_status(tas
     assert counted("cover-letter-generate", "200") - before[("cover-letter-generate", "200")] == 1
     assert counted("cover-letter-generate", "401") - before[("cover-letter-generate", "401")] == 2
     assert counted("other", "404") - before["other"] == 1
+
+
+def test_the_disconnect_uvicorn_reports_after_each_response_raises_nothing():
+    # Raised for every request, the exception's traceback kept the request and response in a reference cycle
+    # that only the garbage collector's full collections freed.
+    from aditus.task_handler import TaskASGIHandler
+
+    async def disconnect():
+        return {"type": "http.disconnect"}
+
+    async def more_body():
+        return {"type": "http.request", "body": b"x"}
+
+    handler = TaskASGIHandler()
+    assert asyncio.run(handler.listen_for_disconnect(disconnect)) is None
+    with pytest.raises(AssertionError, match="http.request"):
+        asyncio.run(handler.listen_for_disconnect(more_body))
