@@ -7,6 +7,7 @@ async task views (which are not DRF views) authenticate the same way.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,22 @@ def token_user(secret: str, *, row: tuple | None = _NOT_READ, record_use: bool =
     # Give token users the attributes OTPMiddleware gives session users, so `user.is_verified()` means
     # the same on both paths (IsVerifiedSuperAdmin checks the token itself all the same).
     user.otp_device = token.otp_device if token.is_mfa_verified else None
-    user.is_verified = functools.partial(is_verified, user)
+    user.is_verified = _IsVerified(user)
     return user, token
+
+
+class _IsVerified:
+    """`user.is_verified()` as OTPMiddleware gives it (`functools.partial(is_verified, user)`), holding the user
+    weakly: set on the user, a partial made a reference cycle of every authenticated request, freed only by the
+    garbage collector's full collections."""
+
+    __slots__ = ("_user",)
+
+    def __init__(self, user):
+        self._user = weakref.ref(user)
+
+    def __call__(self) -> bool:
+        return is_verified(self._user())
 
 
 def token_query(secret: str) -> tuple[str, list[str]]:

@@ -4,6 +4,7 @@ the same from the event loop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
+from django.db.utils import load_backend
 from psycopg import errors
 from psycopg.pq import ExecStatus
 
@@ -108,8 +110,19 @@ _prepared_on: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _prepared_lock = threading.Lock()
 
 
+def on_postgresql() -> bool:
+    """Whether the default database is PostgreSQL, without touching `connection` (on the event loop, each task's
+    first use of it builds a database wrapper of its own, left for the garbage collector when the task ends)."""
+    return _vendor(connections.settings[DEFAULT_DB_ALIAS]["ENGINE"]) == "postgresql"
+
+
+@functools.cache
+def _vendor(engine: str) -> str:
+    return load_backend(engine).DatabaseWrapper.vendor
+
+
 def prepared_statements_enabled() -> bool:
-    return connection.vendor == "postgresql" and getattr(settings, "DATABASE_PREPARED_STATEMENTS", True)
+    return on_postgresql() and getattr(settings, "DATABASE_PREPARED_STATEMENTS", True)
 
 
 def prepared(sql: str, params: Sequence | Mapping) -> tuple[str, Sequence | Mapping]:
@@ -269,7 +282,7 @@ _loop_connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ev
 async def results_in_one_message_async(statements: Sequence[tuple[str, Sequence]]) -> list[list[tuple] | None]:
     """`results_in_one_message` from the running event loop, over its own connection (see above). Outside any
     transaction; raises the driver's errors (`psycopg.Error`), not Django's."""
-    if connection.vendor != "postgresql":
+    if not on_postgresql():
         raise RuntimeError("results_in_one_message_async needs PostgreSQL")
     driver = await _loop_connection()
     try:

@@ -40,7 +40,13 @@ from django.db import DatabaseError, close_old_connections, connection, connecti
 from django.middleware.csrf import CsrfViewMiddleware
 
 from aditus.authentication import InvalidBearerToken, bearer_token_secret, bearer_token_user, token_query, token_user
-from aditus.db import LOOP_CONNECTIONS, answer_or_error, results_in_one_message, results_in_one_message_async
+from aditus.db import (
+    LOOP_CONNECTIONS,
+    answer_or_error,
+    on_postgresql,
+    results_in_one_message,
+    results_in_one_message_async,
+)
 from providers.clients.base import GenerateRequest
 from providers.models import ProviderConfig
 from tasks.responses import TaskError
@@ -505,7 +511,7 @@ async def request_prepare_async(**job: Any) -> Prepared:
     request = job["request"]
     if request.content_type == "multipart/form-data":
         return await _request_prepare_alone(**job)
-    if connection.vendor == "postgresql" and _bearer_secret(request) is not None:
+    if on_postgresql() and _bearer_secret(request) is not None:
         return await _batched("prepare_on_loop").run(job)
     return await _batched("prepare").run(job)
 

@@ -179,3 +179,28 @@ def test_the_helper_works_on_plain_django_requests(superadmin, superadmin_sessio
     assert superadmin_session_client.get(PLAIN_DJANGO_URL).json() == {"verified_superadmin": True}
     assert session_client(superadmin).get(PLAIN_DJANGO_URL).json() == {"verified_superadmin": False}
     assert Client().get(PLAIN_DJANGO_URL).json() == {"verified_superadmin": False}
+
+
+@pytest.mark.django_db
+def test_a_token_user_is_verified_by_its_token_and_is_freed_without_the_garbage_collector(
+    superadmin, superadmin_device
+):
+    import gc
+    import weakref
+
+    from aditus.authentication import token_user
+
+    _token, mfa_secret = api_token_issue(user=superadmin, otp_device=superadmin_device)
+    _token, plain_secret = api_token_issue(user=superadmin, otp_device=None)
+
+    verified, _ = token_user(mfa_secret)
+    unverified, _ = token_user(plain_secret)
+    assert verified.is_verified() and not unverified.is_verified()
+
+    gc.disable()  # freed by reference counting alone: no cycle through the user
+    try:
+        gone = weakref.ref(verified)
+        del verified, _
+        assert gone() is None
+    finally:
+        gc.enable()
