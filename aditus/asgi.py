@@ -9,22 +9,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aditus.settings")
 django_application = get_asgi_application()  # sets Django up
 
 from aditus.task_handler import TaskASGIHandler, is_task_path  # noqa: E402 - needs Django set up
-from providers.clients import get_client  # noqa: E402
-from providers.clients.base import ProviderType  # noqa: E402
 from usage.pricing import prices_load  # noqa: E402
 
 task_application = TaskASGIHandler()
 
 
 def _load_what_lives_as_long_as_the_process() -> None:
-    """Load now what the first requests would load and keep: genai-prices' price table, and the provider
-    clients with their SDKs. Loaded before `gc.freeze()`, it is frozen with the rest;
-    loaded by a request, it stayed in the oldest generation, which every full collection walks: ~90,000
-    objects, over half of what each walked at 256 clients of a 1 s provider, where those collections paused
-    the event loop for 110-160 ms several times in 10 s (42-91 ms once frozen)."""
+    """Load now what every recorded call would load and keep: genai-prices' price table (~50,000 objects).
+    Loaded before `gc.freeze()`, it is frozen with the rest; loaded by a request, it stayed in the oldest
+    generation, which every full collection walks, at 256 clients of a 1 s provider pausing the event loop
+    for 110-160 ms several times in 10 s. (The provider SDKs are left to load on first use: loading all three
+    up front cost ~50 MB a process, for providers a deployment may not use.)"""
     prices_load()
-    for provider_type in ProviderType:
-        get_client(provider_type)
 
 
 # Freeze what start-up made (Django, the SDKs, the URL conf: ~180,000 objects that live as long as the process), so
