@@ -146,7 +146,8 @@ def user_and_candidates(request, task: str) -> tuple[Any, list[CandidateConfig]]
         secret = _bearer_secret(request)
         if secret is not None:
             token_rows, candidate_rows = results_in_one_message([token_query(secret), candidates_query(task)])
-            return _token_row_user(secret, token_rows), candidates_from_rows(candidate_rows)
+            user, _token = _token_row_user(secret, token_rows)
+            return user, candidates_from_rows(candidate_rows)
     return request_user(request), candidate_configs(task)
 
 
@@ -159,11 +160,11 @@ def _bearer_secret(request) -> str | None:
         return bearer_token_secret(header)
 
 
-def _token_row_user(secret: str, token_rows: list[tuple]):
-    """The user of a bearer token from the rows of its `token_query`; TaskError 401 if it does not authenticate."""
+def _token_row_user(secret: str, token_rows: list[tuple], *, record_use: bool = True):
+    """(user, token) of a bearer token from the rows of its `token_query` (`aditus.authentication.token_user`);
+    TaskError 401 if it does not authenticate."""
     with _token_errors():
-        user, _token = token_user(secret, row=token_rows[0] if token_rows else None)
-    return user
+        return token_user(secret, row=token_rows[0] if token_rows else None, record_use=record_use)
 
 
 @dataclass(slots=True)
@@ -265,9 +266,7 @@ def _prepared_from_rows(
 ) -> Prepared:
     """A request's `Prepared` (without its reservation) from its token's rows and its task's candidate rows.
     With `unrecorded` (a list), a token whose use is due to be written is added to it instead of written here."""
-    with _token_errors():
-        row = token_rows[0] if token_rows else None
-        user, token = token_user(secret, row=row, record_use=unrecorded is None)
+    user, token = _token_row_user(secret, token_rows, record_use=unrecorded is None)
     if unrecorded is not None and not token.use_recorded():
         unrecorded.append(token)
     candidates = candidates_from_rows(candidate_rows)

@@ -288,36 +288,18 @@ async def tokens_reserve_many_on_loop(
     (it creates the counter row), the periodic sweep being due, or the message failing. Nothing is reserved for
     those, unless the connection broke after PostgreSQL committed: those reservations then expire unused.
     """
-    answers: list[Reservation | None | object] = [None] * len(requests)
     if _sweep_due():
         return [RESERVE_IN_A_THREAD if _has_limits(config) else None for config, _ in requests]
-    now = now or timezone.now()
-    windows = Windows.at(now)
-    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
-    to_send: list[int] = []
-    for position, (config, tokens) in enumerate(requests):
-        if not _has_limits(config):
-            continue
-        try:
-            _check_could_fit(config, tokens, windows)
-        except LimitExceeded:
-            answers[position] = RESERVE_IN_A_THREAD
-        else:
-            to_send.append(position)
-    if not to_send:
+    plan = _ReservationMessage.of(requests, now or timezone.now())
+    answers = [RESERVE_IN_A_THREAD if isinstance(answer, Exception) else answer for answer in plan.answers]
+    if not plan.to_send:
         return answers
-    to_send.sort(key=lambda position: requests[position][0].pk)
     try:
-        rows = await results_in_one_message_async(
-            [_reserve_statement(*requests[position], windows, expires_at) for position in to_send]
-        )
+        rows = await results_in_one_message_async(plan.statements())
     except psycopg.Error:
-        rows = [[] for _ in to_send]
-    for position, found in zip(to_send, rows, strict=True):
-        config, tokens = requests[position]
-        answers[position] = (
-            _reservation_from_row(found[0], config, tokens, expires_at) if found else RESERVE_IN_A_THREAD
-        )
+        rows = [[] for _ in plan.to_send]
+    for position, reservation in plan.reservations(rows):
+        answers[position] = reservation if reservation is not None else RESERVE_IN_A_THREAD
     return answers
 
 
@@ -337,29 +319,54 @@ def tokens_reserve_many(
             answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
             for config, tokens in requests
         ]
-    windows = Windows.at(now)
-    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
-    answers: list[Reservation | None | Exception] = [None] * len(requests)
-    to_send: list[int] = []
-    for position, (config, tokens) in enumerate(requests):
-        if _has_limits(config):
-            answers[position] = answer_or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
-            if answers[position] is None:
-                to_send.append(position)
-    if not to_send:
+    plan = _ReservationMessage.of(requests, now)
+    answers = plan.answers
+    if not plan.to_send:
         return answers
     _sweep_if_due(now)
-    to_send.sort(key=lambda position: requests[position][0].pk)
-    rows = results_in_one_message(
-        [_reserve_statement(*requests[position], windows, expires_at) for position in to_send]
-    )
-    for position, found in zip(to_send, rows, strict=True):
-        config, tokens = requests[position]
-        if found:
-            answers[position] = _reservation_from_row(found[0], config, tokens, expires_at)
-        else:
-            answers[position] = answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+    for position, reservation in plan.reservations(results_in_one_message(plan.statements())):
+        if reservation is None:  # refused, or a window without its counter row yet: `tokens_reserve` says which
+            config, tokens = requests[position]
+            reservation = answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
+        answers[position] = reservation
     return answers
+
+
+@dataclass(slots=True)
+class _ReservationMessage:
+    """The one-statement reservations of several requests, as `tokens_reserve_many` and its event-loop twin send
+    them: in config order (the lock order), without the requests that need no statement."""
+
+    requests: list[tuple[ProviderConfig, int]]
+    windows: Windows
+    expires_at: datetime
+    answers: list  # per request so far: None (no limits; or sent), or the exception of what could never fit
+    to_send: list[int]  # positions, in config order
+
+    @classmethod
+    def of(cls, requests: list[tuple[ProviderConfig, int]], now: datetime) -> _ReservationMessage:
+        windows = Windows.at(now)
+        answers: list = [None] * len(requests)
+        to_send: list[int] = []
+        for position, (config, tokens) in enumerate(requests):
+            if _has_limits(config):
+                answers[position] = answer_or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
+                if answers[position] is None:
+                    to_send.append(position)
+        to_send.sort(key=lambda position: requests[position][0].pk)
+        expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
+        return cls(requests, windows, expires_at, answers, to_send)
+
+    def statements(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            _reserve_statement(*self.requests[position], self.windows, self.expires_at) for position in self.to_send
+        ]
+
+    def reservations(self, rows: list[list[tuple]]):
+        """(position, its reservation, or None where the statement made none) for each request sent."""
+        for position, found in zip(self.to_send, rows, strict=True):
+            config, tokens = self.requests[position]
+            yield position, (_reservation_from_row(found[0], config, tokens, self.expires_at) if found else None)
 
 
 def _check_could_fit(config: ProviderConfig, tokens: int, windows: Windows) -> None:
