@@ -306,8 +306,14 @@ async def _results_on(driver, statements: Sequence[tuple[str, Sequence]]) -> lis
     for sql, params in statements:
         statement, sent, sent_params = _to_send(names, sql, params)
         if statement is not None:
-            await cursor.execute(statement.prepare_sql)
+            # Noted before the PREPARE is awaited: a message sent meanwhile over this connection (psycopg runs
+            # them in turn) then executes it instead of preparing it a second time ("already exists").
             names.add(statement.name)
+            try:
+                await cursor.execute(statement.prepare_sql)
+            except BaseException:
+                names.discard(statement.name)
+                raise
         parts.append(cursor.mogrify(sent, sent_params))
     await cursor.execute(";\n".join(parts))
     results: list[list[tuple] | None] = []

@@ -197,3 +197,18 @@ def test_a_loop_connection_past_conn_max_age_is_replaced():
     finally:
         connections["default"].settings_dict["CONN_MAX_AGE"] = old
     assert first.closed and then is not first
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_messages_sent_at_once_over_one_loop_connection_prepare_each_statement_once():
+    # Both calls find the loop's connections unopened and share the first one; both need the same statement
+    # prepared. Only the first may send its PREPARE (the second's would fail: "already exists").
+    statement = f"{ADD} /* {uuid.uuid4().hex} */"
+
+    async def scenario():
+        return await asyncio.gather(
+            *(results_in_one_message_async([(statement, [number, 1])]) for number in range(4))
+        )
+
+    assert asyncio.run(scenario()) == [[[(number + 1, "100%")]] for number in range(4)]
