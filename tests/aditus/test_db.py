@@ -207,8 +207,6 @@ def test_messages_sent_at_once_over_one_loop_connection_prepare_each_statement_o
     statement = f"{ADD} /* {uuid.uuid4().hex} */"
 
     async def scenario():
-        return await asyncio.gather(
-            *(results_in_one_message_async([(statement, [number, 1])]) for number in range(4))
-        )
+        return await asyncio.gather(*(results_in_one_message_async([(statement, [number, 1])]) for number in range(4)))
 
     assert asyncio.run(scenario()) == [[[(number + 1, "100%")]] for number in range(4)]
