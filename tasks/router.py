@@ -188,7 +188,8 @@ async def record(
     The row is built (and costed) here; saving it is a trip to the database thread pool. With
     `after_response`, and when the server allows it (`call.after_response`, the lean ASGI path), the save waits
     until the response has been sent: the caller has its answer a database round trip sooner, and the row is
-    written a moment later, before the request ends. Otherwise it is saved now.
+    written a moment later (with the rows of other calls that finish meanwhile: `attempt_finish_async`'s
+    `patient`), before the request ends. Otherwise it is saved now.
 
     The save is shielded: a client going away mid-record must not lose the row or the settlement (a cancelled
     thread-pool job that had not started yet would never run).
@@ -215,7 +216,7 @@ async def record(
         known_failures=candidate.known_failures,
     )
     if after_response and call.after_response is not None:
-        call.after_response.append(save)
+        call.after_response.append(functools.partial(save, patient=True))
         return row
     return await shielded(save())
 

@@ -94,3 +94,58 @@ def test_an_item_whose_caller_went_away_before_its_turn_is_not_run(seen):
 
     assert asyncio.run(main()) == ["A", "KEPT"]
     assert seen == [["a"], ["kept"]]
+
+
+def test_patient_items_wait_for_company_and_go_in_one_batch(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1, linger=0.05)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = asyncio.create_task(batches.run("a", patient=True))
+        await asyncio.sleep(0.01)  # no overlap with the first: without the linger, two batches
+        second = asyncio.create_task(batches.run("b", patient=True))
+        answers = await asyncio.gather(first, second)
+        return answers, loop.time() - started
+
+    answers, took = asyncio.run(main())
+
+    assert answers == ["A", "B"]
+    assert seen == [["a", "b"]]
+    assert took >= 0.05
+
+
+def test_an_item_that_may_not_wait_cuts_the_linger_short(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1, linger=30)
+
+    async def main():
+        patient = asyncio.create_task(batches.run("a", patient=True))
+        await asyncio.sleep(0.01)
+        return await asyncio.wait_for(asyncio.gather(patient, batches.run("b")), timeout=5)
+
+    assert asyncio.run(main()) == ["A", "B"]
+    assert seen == [["a", "b"]]
+
+
+def test_a_full_batch_does_not_linger(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1, max_items=2, linger=30)
+
+    async def main():
+        return await asyncio.wait_for(asyncio.gather(*(batches.run(item, patient=True) for item in "abc")), timeout=5)
+
+    assert asyncio.run(main()) == ["A", "B", "C"]
+    assert seen == [["a", "b"], ["c"]]
+
+
+def test_after_a_hurried_batch_the_next_patient_one_lingers_again(seen):
+    batches = Batches(stand_in(seen), max_in_flight=1, linger=0.05)
+
+    async def main():
+        await batches.run("now")
+        first = asyncio.create_task(batches.run("a", patient=True))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(batches.run("b", patient=True))
+        return await asyncio.gather(first, second)
+
+    assert asyncio.run(main()) == ["A", "B"]
+    assert seen == [["now"], ["a", "b"]]
