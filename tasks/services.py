@@ -447,7 +447,8 @@ class Batches:
         self.max_in_flight, self.max_items = max_in_flight, max_items
         self.linger = linger
         self._waiting: list[tuple[Any, asyncio.Future]] = []
-        self._in_flight: set[asyncio.Task] = set()
+        self._in_flight: set[asyncio.Task] = set()  # the loop itself keeps only a weak reference to a task
+        self._draining = 0  # batches under way: counted down as a drain ends, not when its task's callbacks run
         self._hurry = False  # an item that may not wait is waiting, or a batch is full: no lingering
         self._lingering: asyncio.Future | None = None  # what a lingering batch awaits, to cut it short
 
@@ -460,13 +461,22 @@ class Batches:
             self._hurry = True
             if self._lingering is not None and not self._lingering.done():
                 self._lingering.set_result(None)
-        if len(self._in_flight) < self.max_in_flight:
+        if self._draining < self.max_in_flight:
+            self._draining += 1
             task = asyncio.create_task(self._drain())
-            self._in_flight.add(task)  # the loop itself keeps only a weak reference
+            self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return await future
 
     async def _drain(self) -> None:
+        # Counted down here, the moment no item is left: the callers of the last batch resume before a done
+        # callback of this task would run, and an item one of them sends then must start a drain of its own.
+        try:
+            await self._drain_waiting()
+        finally:
+            self._draining -= 1
+
+    async def _drain_waiting(self) -> None:
         if self.linger and not self._hurry:
             try:
                 await self._company()

@@ -149,3 +149,16 @@ def test_after_a_hurried_batch_the_next_patient_one_lingers_again(seen):
 
     assert asyncio.run(main()) == ["A", "B"]
     assert seen == [["now"], ["a", "b"]]
+
+
+def test_an_item_that_comes_as_the_last_batch_ends_is_run(seen):
+    # The caller of the last item resumes before the finished batch's task is out of the way: an item it sends
+    # then must start a batch of its own, not wait for one that is over.
+    batches = Batches(stand_in(seen), max_in_flight=1)
+
+    async def one_after_the_other():
+        first = await batches.run("a")
+        return first, await batches.run("b")
+
+    assert asyncio.run(asyncio.wait_for(one_after_the_other(), timeout=5)) == ("A", "B")
+    assert seen == [["a"], ["b"]]
