@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils.crypto import get_random_string
 
 from aditus.task_handler import TaskASGIHandler, is_task_path
-from tests.asgi import http_scope
+from tests.asgi import asgi_request, http_scope
 from tests.tasks.conftest import COVER_LETTER, db_with_threads, usage_rows
 
 pytestmark = db_with_threads
@@ -31,33 +31,7 @@ def asgi_call(path: str, *, data=None, headers=None, host="testserver", scheme="
         from aditus.asgi import application
 
     body = json.dumps(data if data is not None else LETTER).encode() if method == "POST" else b""
-    scope = http_scope(path, method=method, headers=headers, host=host, scheme=scheme)
-    sent: list[dict] = []
-
-    async def run():
-        done = asyncio.Event()
-        given = False
-
-        async def receive():
-            nonlocal given
-            if not given:
-                given = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await done.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                done.set()
-
-        await application(scope, receive, send)
-
-    asyncio.run(run())
-    start = sent[0]
-    response_headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
-    content = b"".join(message.get("body", b"") for message in sent[1:])
-    return start["status"], response_headers, content
+    return asgi_request(application, http_scope(path, method=method, headers=headers, host=host, scheme=scheme), body)
 
 
 def test_the_task_paths_take_the_lean_path_and_nothing_else_does():
