@@ -17,7 +17,7 @@ from django.db import OperationalError
 
 from providers.fake.generation import reply_text, stream_pieces
 from tasks import prompts
-from tests.asgi import http_scope
+from tests.asgi import asgi_exchange, http_scope
 from tests.tasks.conftest import COVER_LETTER, CV_DRAFT, db_with_threads, usage_rows
 
 pytestmark = db_with_threads
@@ -30,26 +30,7 @@ async def asgi_post(path: str, data: dict, token: str, *, disconnect_when) -> li
     sends, whether the client goes away now (then `send` blocks, as a socket with a full buffer would)."""
     body = json.dumps(data).encode()
     scope = http_scope(path, headers={"Content-Length": str(len(body)), "Authorization": f"Bearer {token}"})
-    gone = asyncio.Event()
-    sent: list[dict] = []
-    body_given = False
-
-    async def receive():
-        nonlocal body_given
-        if not body_given:
-            body_given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-        if disconnect_when(message, sent):
-            gone.set()
-            await asyncio.sleep(60)  # never delivered: the handler cancels us
-
-    await ASGIHandler()(scope, receive, send)
-    return sent
+    return await asgi_exchange(ASGIHandler(), scope, body, disconnect_when=disconnect_when)
 
 
 async def wait_for_rows(count: int, timeout: float = 5.0, **filters) -> list:
@@ -122,30 +103,9 @@ def test_a_client_that_leaves_before_a_plain_answer_leaves_an_aborted_row(task_c
     config = task_config("openai", key_suffix="~latency=3000")
 
     async def scenario():
-        async def later():
-            await asyncio.sleep(0.5)
-            return True
-
-        leaving = asyncio.ensure_future(later())
-        body = json.dumps(LETTER).encode()
-        gone_after_body = False
-
-        async def receive():
-            nonlocal gone_after_body
-            if not gone_after_body:
-                gone_after_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await leaving
-            return {"type": "http.disconnect"}
-
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
         scope = http_scope(CV_DRAFT, headers={"Authorization": f"Bearer {ordinary_user_token}"})
         started = asyncio.get_running_loop().time()
-        await ASGIHandler()(scope, receive, send)
+        sent = await asgi_exchange(ASGIHandler(), scope, json.dumps(LETTER).encode(), leave_after=0.5)
         elapsed = asyncio.get_running_loop().time() - started
         return sent, elapsed, await wait_for_rows(1)
 
