@@ -1,4 +1,4 @@
-"""ASGI entry point: the task endpoints take a lean path (aditus.task_handler), everything else Django's handler."""
+"""ASGI entry point: the task endpoints take the lean path (runtime.asgi), everything else Django's handler."""
 
 import gc
 import os
@@ -11,10 +11,15 @@ from django.db import connections
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aditus.settings")
 django_application = get_asgi_application()  # sets Django up
 
-from aditus.task_handler import TaskASGIHandler, is_task_path  # noqa: E402 - needs Django set up
+from django.conf import settings  # noqa: E402
+
+from runtime.asgi import LeanASGIHandler, lifespan  # noqa: E402 - needs Django set up
+from usage.metrics import task_response_observe  # noqa: E402
 from usage.pricing import prices_load  # noqa: E402
 
-task_application = TaskASGIHandler()
+task_application = LeanASGIHandler(
+    path_prefixes=settings.TASK_PATH_PREFIXES, middleware=settings.TASK_MIDDLEWARE, observe=task_response_observe
+)
 
 
 def _close_the_requests_connections(**kwargs) -> None:
@@ -25,7 +30,7 @@ def _close_the_requests_connections(**kwargs) -> None:
     says, yet was left open: Django's wrapper of it sits in reference cycles, so only a garbage collection
     closed it. With the collector tuned below, 150 admin and API requests left enough of them open to exhaust
     PostgreSQL's 100 connections. Connected to request_finished from Django's handler only (the task
-    endpoints' handler, the database threads and the event loop's connections keep theirs), and run where
+    endpoints' lean handler and the database threads keep theirs), and run where
     Django runs it: in the request's thread, after the response.
     """
     connections.close_all()
@@ -65,6 +70,8 @@ gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
 
 
 async def application(scope, receive, send):
-    if is_task_path(scope):
+    if scope["type"] == "lifespan":
+        return await lifespan(scope, receive, send)
+    if task_application.handles(scope):
         return await task_application(scope, receive, send)
     return await django_application(scope, receive, send)

@@ -44,10 +44,22 @@ INSTALLED_APPS = [
     "providers",
     "usage",
     "tasks",
+    "django_prometheus",  # the standard django_http_* request metrics (see "metrics and alerts")
+    "axes",  # admin and token login lockout (see "production and hardening")
+    "drf_spectacular",  # the OpenAPI schema (see "API docs")
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from our static files
 ]
 
+# Every page but the task endpoints, which take the lean path (TASK_MIDDLEWARE below). The request id first, so
+# that every later log line has it; the probes before host validation and the https redirect; static files right
+# after SecurityMiddleware; django-prometheus around the rest; django-axes innermost (last) so that the lockout
+# response it substitutes is what the outer middleware (metrics, CSP) see.
 MIDDLEWARE = [
+    "aditus.middleware.RequestIdMiddleware",
+    "aditus.middleware.HealthProbeMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "aditus.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -55,6 +67,9 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "aditus.middleware.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "aditus.urls"
@@ -82,8 +97,16 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
     )
 }
-# The task endpoints' hot statements are prepared once per connection on PostgreSQL (aditus.db.prepared). Turn off
-# behind a pooler in transaction mode (PgBouncer), which moves a session's statements between connections.
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A writing transaction takes SQLite's lock at BEGIN (so two never deadlock upgrading a read lock), and a
+    # writer waits its turn up to 20 s instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+# The request path's statements go from the event loop over a pool of its own (runtime.db), per process: at most
+# DATABASE_POOL_SIZE connections, a caller waiting at most DATABASE_POOL_TIMEOUT_SECONDS for one (then 503).
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8, minimum=1)
+DATABASE_POOL_TIMEOUT_SECONDS = env_int("DATABASE_POOL_TIMEOUT_SECONDS", 10, minimum=1)
+# PostgreSQL plans a request-path statement once per connection after a few uses (psycopg's prepare_threshold).
+# Turn off behind a pooler in transaction mode (PgBouncer), which moves a session's statements between connections.
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -191,12 +214,6 @@ GEMINI_TIMEOUT_SECONDS = env_int("GEMINI_TIMEOUT_SECONDS", 60, minimum=1)
 # /metrics (usage.metrics) in the Prometheus text format; django-prometheus adds the standard request metrics.
 # Several worker processes: set PROMETHEUS_MULTIPROC_DIR to an empty directory before the server starts
 # (prometheus_client reads it at import), and /metrics sums the files of every process.
-INSTALLED_APPS = [*INSTALLED_APPS, "django_prometheus"]
-MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    *MIDDLEWARE,
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
-]
 # Who may scrape /metrics; each check that is configured must pass. Addresses and networks are matched against
 # REMOTE_ADDR (the peer, or under uvicorn --proxy-headers the client a trusted proxy forwarded); "*" matches any,
 # an empty list none. A proxy on loopback that forwards no client address makes every request look local: there,
@@ -253,20 +270,6 @@ if ALERT_SEND_LEASE_SECONDS <= 2 * EMAIL_TIMEOUT + ALERT_WEBHOOK_TIMEOUT_SECONDS
 
 # --- production and hardening ---
 # Production is DEBUG off, served by `deploy/entrypoint.sh serve` (uvicorn); see the Dockerfile.
-# Middleware: the request id first, so that every later log line has it; the probes before host validation and
-# the https redirect; static files right after SecurityMiddleware; django-axes innermost (last) so that the
-# lockout response it substitutes is what the outer middleware (metrics, CSP) see.
-MIDDLEWARE = [
-    "aditus.middleware.RequestIdMiddleware",
-    "aditus.middleware.HealthProbeMiddleware",
-    *MIDDLEWARE,
-    "aditus.middleware.ContentSecurityPolicyMiddleware",
-    "axes.middleware.AxesMiddleware",
-]
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "aditus.middleware.StaticFilesMiddleware"
-)
-INSTALLED_APPS = [*INSTALLED_APPS, "axes"]
 
 # Static files, served by WhiteNoise. Hashed, compressed names (and collectstatic before start, which the Dockerfile
 # runs at build) only in production, so that tests and development need no collectstatic.
@@ -344,7 +347,6 @@ LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "axes.apps": {"level": "WARN
 # OpenAPI 3.1 schema at /api/schema/ and Swagger UI at /api/docs/ (drf-spectacular), the UI's files served from
 # our static files (drf-spectacular-sidecar), so the docs work without internet and under the admin's CSP.
 # The task endpoints are plain async views that drf-spectacular cannot see: aditus.openapi adds them.
-INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 # Who may read the schema and the docs: signed-in users (admin session or bearer token) unless API_DOCS_PUBLIC.
 # The schema maps the super-admin API and every refusal; its readers all have accounts anyway.
@@ -384,11 +386,11 @@ SPECTACULAR_SETTINGS = {
 }
 # --- end API docs ---
 
-# --- task endpoints' fast path ---
-# The task endpoints are served by aditus.task_handler: the same views behind this short, fully asynchronous
-# middleware stack instead of MIDDLEWARE (whose sync-only middleware cost a thread trip per hook under ASGI).
-# The views authenticate themselves (bearer token, or session with Django's CSRF check); host validation, the
-# https redirect and the security headers are Django's own middleware, run inline. See aditus/task_handler.py.
+# --- task endpoints' lean path ---
+# The task endpoints are served by runtime.asgi (wired in aditus.asgi): the same views behind this short, fully
+# asynchronous middleware stack instead of MIDDLEWARE (whose sync-only middleware cost a thread trip per hook under
+# ASGI). The views authenticate themselves (bearer token, or session with Django's CSRF check); host validation,
+# the https redirect and the security headers are Django's own middleware, run inline.
 TASK_PATH_PREFIXES = ("/api/v1/job-extractor/", "/api/v1/cv-drafter/", "/api/v1/cover-letter/")
 TASK_MIDDLEWARE = [
     "aditus.middleware.RequestIdMiddleware",
@@ -397,7 +399,10 @@ TASK_MIDDLEWARE = [
     "aditus.middleware.InlineXFrameOptionsMiddleware",
     "aditus.middleware.ContentSecurityPolicyMiddleware",
 ]
-# Threads per process for the task endpoints' database work (each keeps its own database connection, so a
-# process holds up to this many; keep workers x DB_THREADS under PostgreSQL's max_connections).
-DB_THREADS = env_int("DB_THREADS", 16, minimum=1)
-# --- end task endpoints' fast path ---
+# Threads per process for the request path's sync work: session lookups, and every statement on SQLite (each
+# thread keeps its own database connection, opened when first needed).
+DB_THREADS = env_int("DB_THREADS", 8, minimum=1)
+# A usage row that cannot be saved because the database is unreachable is tried again, backing off, this long;
+# a call whose row is lost even so is charged from its reservation when that expires (TOKEN_RESERVATION_TTL_SECONDS).
+USAGE_SAVE_RETRY_SECONDS = env_int("USAGE_SAVE_RETRY_SECONDS", 60, minimum=0)
+# --- end task endpoints' lean path ---

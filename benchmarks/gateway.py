@@ -707,7 +707,7 @@ def running_bench(options: Options, workdir: Path) -> Iterator[tuple[Bench, Thro
                 "--log-level",
                 "warning",
                 "--lifespan",
-                "off",
+                "on",
             ],
             env=env,
             log_path=workdir / "gateway.log",

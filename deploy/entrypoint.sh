@@ -42,7 +42,7 @@ serve() {
         --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT_SECONDS:-30}"
         --log-level "$(printf '%s' "${LOG_LEVEL:-info}" | tr '[:upper:]' '[:lower:]')"
         --no-server-header
-        --lifespan off  # Django has no lifespan handlers
+        --lifespan on  # opens and closes the request path's database pool (runtime.asgi.lifespan)
     )
     if is_true "${ACCESS_LOG:-0}"; then args+=(--access-log); else args+=(--no-access-log); fi
     if is_true "${PROXY_HEADERS:-1}"; then

@@ -28,7 +28,6 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from aditus.aio import shielded
 from providers.clients import get_client
 from providers.clients.base import (
     AsyncProviderStream,
@@ -45,14 +44,23 @@ from providers.clients.base import (
 )
 from providers.fields import DecryptionError
 from providers.models import ProviderConfig, Task
+from runtime.aio import shielded
 from tasks import selectors
 from tasks.prompts import TaskSpec
 from tasks.responses import TaskError
 from tasks.schemas import OutputInvalid, OutputSchema
 from tasks.selectors import CandidateConfig
-from tasks.services import Prepared, attempt_finish_async, tokens_hold_async
+from tasks.services import Prepared
 from usage.models import Outcome, UsageRecord
-from usage.services import LimitExceeded, Reservation, attempt_build
+from usage.services import (
+    Attempt,
+    Hold,
+    LimitExceeded,
+    Reservation,
+    attempt_build,
+    attempt_save_async,
+    tokens_reserve_async,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +148,7 @@ class TaskCall:
         self.started = started
         self.provider_seconds = 0.0
         self.attempts = 0
-        # Work the server runs once the response has been sent (`aditus.task_handler`); None: no such server.
+        # Work the server runs once the response has been sent (`runtime.asgi`); None: no such server.
         self.after_response = after_response
 
     def gateway_ms(self) -> float:
@@ -185,14 +193,13 @@ async def record(
 ) -> UsageRecord:
     """Record one attempt: its row, costed, and the settlement of its reservation.
 
-    The row is built (and costed) here; saving it is a trip to the database thread pool. With
-    `after_response`, and when the server allows it (`call.after_response`, the lean ASGI path), the save waits
-    until the response has been sent: the caller has its answer a database round trip sooner, and the row is
-    written a moment later (with the rows of other calls that finish meanwhile: `attempt_finish_async`'s
-    `patient`), before the request ends. Otherwise it is saved now.
+    The row is built (and costed) here, then saved with the rows of other calls that finish meanwhile
+    (`usage.services.attempt_save_async`). With `after_response`, and when the server allows it
+    (`call.after_response`, the lean ASGI path), the save waits until the response has been sent: the caller has
+    its answer a database round trip sooner, and the row is written a moment later, before the request ends.
+    Otherwise it is saved now.
 
-    The save is shielded: a client going away mid-record must not lose the row or the settlement (a cancelled
-    thread-pool job that had not started yet would never run).
+    The save is shielded: a client going away mid-record must not lose the row or the settlement.
     """
     row = attempt_build(
         request_id=call.request_id,
@@ -209,11 +216,7 @@ async def record(
         streamed=streamed,
     )
     save = functools.partial(
-        attempt_finish_async,
-        record=row,
-        reservation=reservation,
-        config=candidate.config,
-        known_failures=candidate.known_failures,
+        attempt_save_async, Attempt(row, reservation, candidate.config, known_failures=candidate.known_failures)
     )
     if after_response and call.after_response is not None:
         call.after_response.append(functools.partial(save, patient=True))
@@ -266,17 +269,27 @@ class Router:
             first_reservation=prepared.first_reservation,
         )
 
-    async def _next(self, estimate: int) -> tuple[Candidate, Reservation | None] | None:
+    async def _next(self, request: GenerateRequest) -> tuple[Candidate, Reservation | None] | None:
         """The next candidate with its tokens reserved; None when none is left."""
         if self._first_reserved:
             self._first_reserved = False
             return self.queue.popleft(), self._first_reservation
+        estimate = estimate_tokens(request)
         while self.queue:
             candidate = self.queue.popleft()
             if not candidate.has_limits:
                 return candidate, None
+            call = self.call
+            hold = Hold(
+                request_id=call.request_id,
+                user_id=call.user_id,
+                task=call.task,
+                model=candidate.endpoint.model,
+                attempt=call.attempts + 1,
+                input_tokens=estimate - request.max_output_tokens,
+            )
             try:
-                return candidate, await tokens_hold_async(config=candidate.config, tokens=estimate)
+                return candidate, await tokens_reserve_async(config=candidate.config, tokens=estimate, hold=hold)
             except LimitExceeded as refusal:
                 self.over_limit.append(refusal)
         return None
@@ -337,9 +350,8 @@ class Router:
     async def generate(self, request: GenerateRequest, output: OutputSchema | None = None) -> Served:
         """Get one answer, falling back as needed; raise TaskError when no candidate gives one."""
         call = self.call
-        estimate = estimate_tokens(request)
         invalid = self.invalid
-        while (chosen := await self._next(estimate)) is not None:
+        while (chosen := await self._next(request)) is not None:
             candidate, reservation = chosen
             call.attempts += 1
             attempt = call.attempts
@@ -405,8 +417,7 @@ class Router:
     async def open_stream(self, request: GenerateRequest) -> OpenStream:
         """Open a stream and read its first event, falling back as needed until one does."""
         call = self.call
-        estimate = estimate_tokens(request)
-        while (chosen := await self._next(estimate)) is not None:
+        while (chosen := await self._next(request)) is not None:
             candidate, reservation = chosen
             call.attempts += 1
             attempt = call.attempts

@@ -1,9 +1,10 @@
 """The four task endpoints: async Django views (DRF has no async views) served under ASGI.
 
-The database work is grouped into sync functions run in the thread pool (tasks.services): authenticate, read the
-input, load the candidates and reserve tokens for the first one; then record the attempt. So a call the first
-candidate serves makes two trips (each fallback adds a reservation and a record). Nothing holds a connection
-while the provider answers, so one process keeps hundreds of calls in flight.
+A call is prepared (`tasks.services.request_prepare`: authenticate, read the input, load the candidates and
+reserve tokens for the first one), routed (`tasks.router`: call the provider, record the attempt, fall back),
+and answered. Nothing holds a database connection while the provider answers, so one process keeps hundreds of
+calls in flight. While the database cannot be reached, a call that cannot be prepared is a JSON 503 with
+`Retry-After`.
 
 Every answer carries `X-Request-ID` (the caller's, when it is sane, else a new one) and `X-Gateway-Time-Ms`: the
 time spent in the gateway, i.e. the total minus the time spent awaiting providers. (For a stream, the time until
@@ -17,23 +18,31 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
+from django.db import DatabaseError
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from aditus.logging import current_request_id, request_id_from_header
 from providers.clients.base import GenerateRequest
+from runtime.db import is_unavailable
 from tasks import inputs, prompts, sse
 from tasks.images import image_input
 from tasks.prompts import TaskSpec
 from tasks.responses import TaskError, cost_text, json_response, usage_dict
 from tasks.router import Router, Served, TaskCall
-from tasks.services import request_prepare_async
+from tasks.services import request_prepare
 
-# Per task: read the input (in the thread pool, with the other synchronous work), turn it into a provider
-# request (and whether to stream), and shape the result.
+# Per task: read the input, turn it into a provider request (and whether to stream), and shape the result.
 InputReader = Callable[[Any], Any]
 RequestBuilder = Callable[[Any], tuple[GenerateRequest, bool]]
 ResultShaper = Callable[[Served, Any], Any]
+
+DATABASE_UNAVAILABLE = TaskError(
+    503,
+    "database_unavailable",
+    "The database cannot be reached just now, so the call could not be made; try again shortly.",
+    headers={"Retry-After": "2"},
+)
 
 
 def _request_id(request) -> str:
@@ -51,6 +60,14 @@ def _provider(served: Served) -> dict[str, Any]:
     }
 
 
+def _error_response(call: TaskCall, error: TaskError) -> HttpResponse:
+    return json_response(
+        {"error": error.as_dict(), "attempts": call.attempts, "request_id": call.request_id},
+        status=error.status,
+        headers=error.headers,
+    )
+
+
 async def _handle(
     request, spec: TaskSpec, read_input: InputReader, build: RequestBuilder, shape: ResultShaper
 ) -> HttpResponse:
@@ -58,12 +75,14 @@ async def _handle(
         task=spec.task,
         request_id=_request_id(request),
         started=time.perf_counter(),
-        after_response=getattr(request, "after_response", None),  # set by aditus.task_handler
+        after_response=getattr(request, "after_response", None),  # set by runtime.asgi
     )
     try:
         if request.method != "POST":
             raise TaskError(405, "method_not_allowed", "Use POST.", headers={"Allow": "POST"})
-        prepared = await request_prepare_async(request=request, task=spec.task, read_input=read_input, build=build)
+        prepared = await request_prepare(
+            request=request, task=spec.task, request_id=call.request_id, read_input=read_input, build=build
+        )
         call.user_id = prepared.user_id
         router = Router.for_task(call, spec, prepared)
         if prepared.stream:
@@ -86,12 +105,13 @@ async def _handle(
                     "request_id": call.request_id,
                 }
             )
+    except DatabaseError as error:
+        if not is_unavailable(error):
+            raise
+        # Preparing, or reserving for a fallback: no provider call was made for what failed.
+        response = _error_response(call, DATABASE_UNAVAILABLE)
     except TaskError as error:
-        response = json_response(
-            {"error": error.as_dict(), "attempts": call.attempts, "request_id": call.request_id},
-            status=error.status,
-            headers=error.headers,
-        )
+        response = _error_response(call, error)
     response["X-Request-ID"] = call.request_id
     response["X-Gateway-Time-Ms"] = f"{call.gateway_ms():.3f}"
     return response
@@ -127,7 +147,7 @@ def _letter(served: Served, value: inputs.WritingInput) -> dict[str, Any]:
     return {"text": served.value, "tone": value.tone, "language": value.language}
 
 
-@csrf_exempt  # bearer-token clients need no CSRF token; session requests are checked in request_user()
+@csrf_exempt  # bearer-token clients need no CSRF token; session requests are checked in session_user()
 async def job_extract(request) -> HttpResponse:
     """POST {"text", "source_url"?} -> the job posting as structured data."""
     return await _handle(request, prompts.EXTRACTION, inputs.extraction_input, _extraction_request, _structured)

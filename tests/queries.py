@@ -2,16 +2,10 @@
 
 from django.test.utils import CaptureQueriesContext
 
-from aditus.db import statement_sources
-
 
 def sent_queries(context: CaptureQueriesContext) -> list[str]:
-    """Each query `context` captured, its prepared statements read as their SQL (`aditus.db.statement_sources`),
-    without the PREPAREs a connection's first use of them sends (whether a test sees those depends on what ran
-    before it on the same connection)."""
-    return [
-        statement_sources(query["sql"]) for query in context.captured_queries if not query["sql"].startswith("PREPARE ")
-    ]
+    """Each query `context` captured, as sent."""
+    return [query["sql"] for query in context.captured_queries]
 
 
 def terminate_backend(pid: int) -> None:

@@ -110,7 +110,7 @@ def serve(port: int) -> None:
     import uvicorn
 
     # The asyncio loop: uvloop resolves and connects in C, past the guard.
-    uvicorn.run("aditus.asgi:application", host="127.0.0.1", port=port, loop="asyncio", lifespan="off")
+    uvicorn.run("aditus.asgi:application", host="127.0.0.1", port=port, loop="asyncio", lifespan="on")
 
 
 def seed_server(fake_urls: dict[str, str]) -> None:

@@ -1,8 +1,9 @@
 """Budget alerts: noted by the attempt that crosses a threshold, sent later by `manage.py run_alert_worker`.
 
-Noting is part of recording the attempt (`budget_crossings_record`, inside `attempt_record`'s transaction) and
-costs no query unless the attempt crossed a threshold: the counter statements already return the new total and
-the config's thresholds. Each counter UPDATE locks its row, so exactly one transaction sees `used` go from below
+Noting follows recording the attempt (`budget_crossings`, from what the settling statements of `usage.services`
+return: the new total and the config's thresholds) and costs no query unless the attempt crossed a threshold; the
+alert is then inserted just after the attempt's transaction (a process that died in between would lose that
+alert, never duplicate it). Each counter UPDATE locks its row, so exactly one transaction sees `used` go from below
 a threshold to at or above it; the unique constraint (with INSERT ... ON CONFLICT DO NOTHING) makes it once per
 window regardless.
 
@@ -30,6 +31,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from usage.models import AlertStatus, BudgetAlert, Period, thresholds_parse
+from usage.windows import window_resets_at
 
 if TYPE_CHECKING:
     from providers.models import ProviderConfig
@@ -55,20 +57,19 @@ def thresholds_for(policy_thresholds: str | None) -> tuple[int, ...]:
         return tuple(settings.BUDGET_ALERT_THRESHOLDS)
 
 
-def budget_crossings_record(
+def budget_crossings(
     *, config: ProviderConfig | None, counters: Iterable[tuple[str, date | str, int, str | None]], tokens: int
-) -> int:
-    """Note the thresholds that adding `tokens` took each counter across; return how many it crossed.
+) -> list[BudgetAlert]:
+    """The alerts for the thresholds that adding `tokens` took each counter across (not saved).
 
     `counters` are (period, window_start, used after the update, the config's policy thresholds or None) as the
-    counter statements of `attempt_record` return them. No query unless a threshold was crossed; then one
-    INSERT ... ON CONFLICT DO NOTHING. Call it in the transaction that updated the counters, so the alert
-    commits (or not) with the attempt.
+    settling statements of `usage.services` return them. Each counter UPDATE locks its row, so exactly one
+    transaction sees `used` go from below a threshold to at or above it.
     """
     if config is None or tokens <= 0:
-        return 0
+        return []
     now = timezone.now()
-    alerts = [
+    return [
         BudgetAlert(
             provider_config_id=config.pk,
             period=period,
@@ -84,11 +85,17 @@ def budget_crossings_record(
         # Integer arithmetic: exactly one attempt moves `used` from below a threshold to at or above it.
         if (used - tokens) * 100 < threshold * limit <= used * 100
     ]
-    if not alerts:
-        return 0
-    # The unique constraint makes a second crossing of the same threshold (there should be none) a no-op.
-    BudgetAlert.objects.bulk_create(alerts, ignore_conflicts=True)
-    logger.info("budget alerts noted for config %s: %s", config.pk, [(a.period, a.threshold) for a in alerts])
+
+
+def budget_crossings_record(
+    *, config: ProviderConfig | None, counters: Iterable[tuple[str, date | str, int, str | None]], tokens: int
+) -> int:
+    """Save `budget_crossings(...)`; return how many there were. The unique constraint makes a second crossing
+    of the same threshold (there should be none) a no-op."""
+    alerts = budget_crossings(config=config, counters=counters, tokens=tokens)
+    if alerts:
+        BudgetAlert.objects.bulk_create(alerts, ignore_conflicts=True)
+        logger.info("budget alerts noted for config %s: %s", config.pk, [(a.period, a.threshold) for a in alerts])
     return len(alerts)
 
 
@@ -210,8 +217,6 @@ def _webhook_post(url: str, text: str) -> str:
 
 def alert_message(alert: BudgetAlert) -> tuple[str, str]:
     """Return the subject and body that say which limit of which config crossed which threshold."""
-    from usage.services import window_resets_at  # usage.services imports this module
-
     config = alert.provider_config
     limit_words = f"{_PERIOD_WORDS[alert.period]} token limit"
     subject = f"[aditus] {config.display_name}: {alert.threshold}% of its {limit_words} used"

@@ -26,7 +26,7 @@ from providers.models import ProviderConfig
 from usage.charts import Series, line_chart, stacked_bar_chart
 from usage.models import Period, TokenCounter, UsageRecord
 from usage.selectors import DateRange, UsageGroup, UsageStats, usage_stats
-from usage.services import Windows, window_resets_at
+from usage.windows import Windows, window_resets_at
 
 RANGES = (7, 30, 90)
 DEFAULT_DAYS = 30

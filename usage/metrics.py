@@ -48,6 +48,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from providers.models import ProviderConfig
 from usage.models import Outcome, Period, UsageRecord
+from usage.windows import Windows
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ LATENCY = Histogram(
 )
 
 
-# The task endpoints take a lean path (aditus.task_handler) without django-prometheus' django_http_* metrics.
+# The task endpoints take a lean path (runtime.asgi) without django-prometheus' django_http_* metrics.
 TASK_RESPONSES = Counter(
     "ai_task_responses", "Responses of the task endpoints, by endpoint and status.", ("endpoint", "status")
 )
@@ -121,8 +122,6 @@ class DatabaseCollector:
             logger.exception("metrics: could not read usage from the database")
 
     def _config_limits(self):
-        from usage.services import Windows  # usage.services imports this module
-
         windows = Windows.at(timezone.now())
         labels = ("config_id", "config", "provider", "period")
         used = GaugeMetricFamily("ai_provider_config_tokens_used", "Tokens used in the current window.", labels=labels)

@@ -14,6 +14,8 @@ class Outcome(models.TextChoices):
     ERROR = "error", "Error"
     ABORTED = "aborted", "Aborted (client went away)"
     INVALID_OUTPUT = "invalid_output", "Invalid output"
+    # A reservation that expired without being settled (its worker died mid-call): charged as reserved.
+    UNSETTLED = "unsettled", "Unsettled (worker lost mid-call)"
 
 
 class UsageRecord(models.Model):
@@ -118,17 +120,26 @@ class TokenCounter(models.Model):
 
 
 class TokenReservation(models.Model):
-    """Tokens held against both windows of a config while a call is in flight.
+    """Tokens held against both windows of a config while a call is in flight, and what the call was.
 
     Deleting the row is the claim: whoever deletes it (the settling call or the expiry sweep) releases the
-    tokens, so they are released exactly once.
+    tokens, so they are released exactly once. A reservation that expires unsettled (its worker died) becomes a
+    usage row of outcome "unsettled" charging what was reserved (usage.services.reservations_expire), which is
+    why it keeps the call's request id, user, task, model and input estimate. Its id is chosen by the caller
+    (a random 63-bit number), so that the statements that reserve can name it before it exists.
     """
 
     provider_config = models.ForeignKey(ProviderConfig, on_delete=models.CASCADE, related_name="+")
     day_counter = models.ForeignKey(TokenCounter, on_delete=models.CASCADE, related_name="+")
     month_counter = models.ForeignKey(TokenCounter, on_delete=models.CASCADE, related_name="+")
-    tokens = models.PositiveBigIntegerField()
+    tokens = models.PositiveBigIntegerField(help_text="The input estimate plus the maximum output.")
     expires_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    task = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    input_tokens = models.PositiveBigIntegerField(default=0, help_text="The input estimate within `tokens`.")
 
     def __str__(self) -> str:
         return f"{self.tokens} tokens for config {self.provider_config_id} until {self.expires_at}"
@@ -173,8 +184,9 @@ LATENCY_BUCKET_FIELDS: tuple[str, ...] = (
 )
 
 # Every attempt that did not succeed, by kind: an error by its ErrorType, an output that failed validation, a
-# call the client abandoned, and "other" for an error recorded without a known type.
-FAILURE_KINDS: tuple[str, ...] = (*(e.value for e in ErrorType), "invalid_output", "aborted", "other")
+# call the client abandoned, a reservation that expired unsettled, and "other" for an error recorded without a
+# known type.
+FAILURE_KINDS: tuple[str, ...] = (*(e.value for e in ErrorType), "invalid_output", "aborted", "unsettled", "other")
 FAILURE_FIELDS: dict[str, str] = {kind: f"errors_{kind}" for kind in FAILURE_KINDS}
 
 # Cost is kept in units of 1e-10 USD (the usage rows' precision) as an integer, so that sums are exact on SQLite

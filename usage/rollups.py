@@ -1,16 +1,16 @@
 """Rollups: usage summed per day (DailyRollup) and per day and user (DailyUserRollup), kept as calls are recorded.
 
-`rollup_add` runs inside `usage.services.attempt_record`'s transaction, so a usage row and its share of the
-rollups commit together or not at all. It is two upserts (`INSERT ... ON CONFLICT DO UPDATE SET calls =
+`rollup_statements` go in the transaction that records usage rows (`usage.services`), so a usage row and its
+share of the rollups commit together or not at all. They are two upserts (`INSERT ... ON CONFLICT DO UPDATE SET calls =
 calls + excluded.calls, ...`), one per rollup: adding in the database is what keeps the sums right when
 several processes record calls for the same bucket at once (the row lock makes them take turns), where a read
 and a write back from Python would lose updates. The statements are the same on PostgreSQL and SQLite (3.24
 or later). Concurrent recorders of one bucket serialise on its row until they commit; the upserts are the last
 statements of the transaction, so that lock is held only for the commit.
 
-`rollups_add_records` adds rows that were inserted without the hook (bulk loads by `generate_usage`, or rows
+`rollups_add_records` adds rows that were inserted without them (bulk loads by `generate_usage`, or rows
 recorded while USAGE_ROLLUPS_ENABLED was off) with one `INSERT ... SELECT ... GROUP BY` per rollup on
-PostgreSQL, and in Python on SQLite. Both count exactly as `rollup_add` does; the tests hold both to the raw
+PostgreSQL, and in Python on SQLite. Both count exactly as `rollup_statements` do; the tests hold both to the raw
 rows.
 
 Days are dates in settings.TIME_ZONE. Changing TIME_ZONE later leaves the earlier calls in the old zone's days;
@@ -62,25 +62,12 @@ _LATENCY_SUM = _POSITION["latency_sum_ms"]
 _FIRST_LATENCY_BUCKET = _POSITION[LATENCY_BUCKET_FIELDS[0]]
 
 
-def _upsert_sql(table: str, dimensions: tuple[str, ...], *, measures_in_one_parameter: bool = False) -> str:
-    """The upsert of one rollup row: dimensions and measures in, measures added to an existing row.
-
-    With `measures_in_one_parameter` (PostgreSQL), the measures come as one parameter, a comma-separated list of
-    integers: psycopg quotes each parameter in Python, which for the forty-odd measures of two rollups was about
-    0.1 ms of CPU per recorded call.
-    """
+def _upsert_sql(table: str, dimensions: tuple[str, ...]) -> str:
+    """The upsert of one rollup row: dimensions and measures in, measures added to an existing row."""
     columns = (*dimensions, *ROLLUP_MEASURES)
     additions = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in ROLLUP_MEASURES)
-    if measures_in_one_parameter:
-        measures = ", ".join(f"m[{index}]" for index in range(1, len(ROLLUP_MEASURES) + 1))
-        source = (
-            f"SELECT {', '.join(['%s'] * len(dimensions))}, {measures} "  # noqa: S608 - identifiers only
-            "FROM (SELECT string_to_array(%s, ',')::bigint[] AS m) AS measures"
-        )
-    else:
-        source = f"VALUES ({', '.join(['%s'] * len(columns))})"
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) {source} "  # noqa: S608
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
         f"ON CONFLICT ({', '.join(dimensions)}) DO UPDATE SET {additions}"
     )
 
@@ -88,8 +75,6 @@ def _upsert_sql(table: str, dimensions: tuple[str, ...], *, measures_in_one_para
 # Table and column names come from the models; every value is a parameter.
 _DAILY_UPSERT = _upsert_sql(DAILY_TABLE, DAILY_DIMENSIONS)
 _DAILY_USER_UPSERT = _upsert_sql(DAILY_USER_TABLE, DAILY_USER_DIMENSIONS)
-_DAILY_UPSERT_PG = _upsert_sql(DAILY_TABLE, DAILY_DIMENSIONS, measures_in_one_parameter=True)
-_DAILY_USER_UPSERT_PG = _upsert_sql(DAILY_USER_TABLE, DAILY_USER_DIMENSIONS, measures_in_one_parameter=True)
 
 
 def rollups_enabled() -> bool:
@@ -103,7 +88,7 @@ def failure_kind(outcome: str, error_type: str) -> str | None:
         return None
     if outcome == Outcome.ERROR:
         return error_type if error_type in _ERROR_TYPES else "other"
-    if outcome in (Outcome.INVALID_OUTPUT, Outcome.ABORTED):
+    if outcome in (Outcome.INVALID_OUTPUT, Outcome.ABORTED, Outcome.UNSETTLED):
         return str(outcome)
     return "other"
 
@@ -167,53 +152,28 @@ def _record_measures(record: UsageRecord) -> list[int]:
     )
 
 
-def rollup_add(*, record: UsageRecord) -> None:
-    """Add one recorded attempt to both rollups: two upserts. Call it in the transaction that inserts `record`.
-
-    Does nothing when USAGE_ROLLUPS_ENABLED is off.
-    """
-    statements = rollup_statements(records=[record])
-    if statements:
-        with connection.cursor() as cursor:
-            for sql, params in statements:
-                cursor.execute(sql, params)
-
-
 def rollup_statements(*, records: Iterable[UsageRecord]) -> list[tuple[str, list]]:
-    """The statements of `rollup_add` with their parameters, in order, for a caller that sends them in one
-    message with its own (`usage.services.attempt_record` on PostgreSQL). Empty when USAGE_ROLLUPS_ENABLED is off.
-
-    Several records (`usage.services.attempts_save`) make one upsert per rollup row, their measures summed.
-    """
+    """The upserts that add `records` to both rollups, for the transaction that inserts them
+    (`usage.services`): one per rollup row they touch, their measures summed, in the same order in every
+    transaction (table, then key) so that concurrent recorders lock rows in the same order. Empty when
+    USAGE_ROLLUPS_ENABLED is off."""
     if not rollups_enabled():
         return []
     daily: dict[tuple, list[int]] = {}
     daily_user: dict[tuple, list[int]] = {}
     for record in records:
         values = _record_measures(record)
-        day = connection.ops.adapt_datefield_value(day_bucket(record.created_at))
+        day = day_bucket(record.created_at)
         config_id = record.provider_config_id or 0
         kind = (record.provider_type, record.model, record.task)
         for sums, key in ((daily, (day, config_id, *kind)), (daily_user, (day, record.user_id or 0, config_id, *kind))):
             summed = sums.get(key)
-            if summed is None:
-                sums[key] = values
-            else:
-                sums[key] = [a + b for a, b in zip(summed, values, strict=True)]
-    postgresql = connection.vendor == "postgresql"
-    statements = []
-    # The same order in every transaction (table, then key), so concurrent recorders lock rows in the same order.
-    for sums, sql, sql_pg in (
-        (daily, _DAILY_UPSERT, _DAILY_UPSERT_PG),
-        (daily_user, _DAILY_USER_UPSERT, _DAILY_USER_UPSERT_PG),
-    ):
-        for key in sorted(sums, key=_sort_key):
-            values = sums[key]
-            if postgresql:
-                statements.append((sql_pg, [*key, ",".join(map(str, values))]))
-            else:
-                statements.append((sql, [*key, *values]))
-    return statements
+            sums[key] = values if summed is None else [a + b for a, b in zip(summed, values, strict=True)]
+    return [
+        (sql, [*key, *sums[key]])
+        for sums, sql in ((daily, _DAILY_UPSERT), (daily_user, _DAILY_USER_UPSERT))
+        for key in sorted(sums, key=_sort_key)
+    ]
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -223,7 +183,7 @@ def _sort_key(key: tuple) -> tuple:
 def rollups_add_records(*, min_id: int | None = None, max_id: int | None = None) -> None:
     """Add the usage rows with ids in [min_id, max_id] (either end open when None) to both rollups.
 
-    For rows inserted without `rollup_add`; adding a row twice counts it twice. One transaction. On
+    For rows inserted without `rollup_statements`; adding a row twice counts it twice. One transaction. On
     PostgreSQL, one `INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE` per rollup; elsewhere the rows
     are read and summed in Python (fine for the sizes SQLite is used with).
     """
@@ -252,9 +212,11 @@ def _measure_expressions() -> list[str]:
         **{kind: f"outcome = 'error' AND error_type = '{kind}'" for kind in sorted(_ERROR_TYPES)},
         "invalid_output": f"outcome = '{Outcome.INVALID_OUTPUT.value}'",
         "aborted": f"outcome = '{Outcome.ABORTED.value}'",
+        "unsettled": f"outcome = '{Outcome.UNSETTLED.value}'",
         "other": (
             f"outcome NOT IN ('{Outcome.SUCCESS.value}', '{Outcome.INVALID_OUTPUT.value}', "
-            f"'{Outcome.ABORTED.value}') AND NOT (outcome = 'error' AND error_type IN ({known}))"
+            f"'{Outcome.ABORTED.value}', '{Outcome.UNSETTLED.value}') "
+            f"AND NOT (outcome = 'error' AND error_type IN ({known}))"
         ),
     }
     lower = [None, *LATENCY_BUCKET_BOUNDS_MS]

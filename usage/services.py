@@ -1,51 +1,53 @@
-"""Token limits, usage records and provider cooldowns.
+"""Token limits, usage records and provider cooldowns: the reserve and record workflows of the request path.
 
-Every function here is synchronous and does its own database work in its own transaction, so async callers can
-run it with `sync_to_async(..., thread_sensitive=False)`. Everything that must hold across processes (limits,
-reservations, failure counts) is counted in the database by single conditional statements, never read and
-written back in Python.
+Each workflow is written once, as statements in the SQL both databases speak, run by `runtime.db`: from the event
+loop on the request path (`tokens_reserve_async`, `attempt_save_async`), or on the caller's own connection and in
+its transaction (`tokens_reserve`, `attempt_record`: commands, the admin, tests). On PostgreSQL the statements of
+one workflow travel in one round trip, so the rows they lock stay locked only while PostgreSQL runs them.
+Everything that must hold across processes (limits, reservations, failure counts) is counted in the database by
+statements that check and change a locked row, never read and written back in Python.
 
-The hot path (`tokens_reserve`, `attempt_record`) uses a few hand-written SQL statements instead of the ORM:
-the whole gateway has about 3 ms of CPU per request, and compiling an ORM query costs 50-100 µs of it. The SQL
-is plain enough to run unchanged on PostgreSQL and SQLite (3.35 or later, for RETURNING). On PostgreSQL each
-statement is prepared once per connection (`aditus.db.prepared`): planning them was most of the database's work.
+Reserving (`_Reserving`), in one transaction: create the window's counter rows if missing; lock both, month
+first; insert the reservation only if the tokens fit both windows as the locked rows stand; add the tokens to
+both counters only if the reservation was inserted. Its id is chosen here, so every statement can name it.
 
-On PostgreSQL a reservation is one statement and recording an attempt one message of statements (one implicit
-transaction): the counter and rollup rows every call updates stay locked only while PostgreSQL runs and commits
-them, never across a round trip to this process (see `_reserve_in_one_statement`). Commits stay synchronous
-(durable): `synchronous_commit = off` would save about 0.15 ms per commit, but a crash of the database server
-could then lose the last few hundred milliseconds of committed work, i.e. usage rows (the audit of what calls
-cost) together with their counter updates, which share their transaction; with the locks no longer held across
-round trips, the commit's flush is a small part of the time a row stays locked, so the saving is not worth it.
+Recording (`_Recording`), one or many attempts in one transaction: lock their reservations; settle each counter
+(the actual tokens in, what is still reserved out: a reservation already released by the expiry sweep releases
+nothing twice); delete the reservations; insert the usage rows; add them to the rollups; note the configs'
+health. A crossed budget threshold is inserted just after (`usage.alerts`).
 
-Lock order: a transaction that touches token counters locks month counters before day counters (the expiry
-sweep: all its month counters in id order, then all its day counters), so concurrent reservations, settlements
-and expiries cannot deadlock.
+Lock order, so that concurrent reservations, settlements and sweeps cannot deadlock: reservation rows in id
+order, then month counters in id order, then day counters in id order, then rollup rows in key order, then
+cooldown rows in config order.
+
+Commits stay synchronous (durable): the usage rows are the audit of what calls cost.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
+import secrets
 import time
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from datetime import time as clock_time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from aditus.db import answer_or_error, results_in_one_message, results_in_one_message_async
 from providers.clients.base import ErrorType, TokenUsage
-from usage.alerts import budget_crossings_record
+from runtime import db
+from runtime.aio import shielded
+from runtime.batches import Batches, loop_batches
+from runtime.threads import run_in_thread
+from usage.alerts import budget_crossings
 from usage.metrics import attempt_observe
 from usage.models import (
+    BudgetAlert,
     BudgetPolicy,
     Outcome,
     Period,
@@ -55,7 +57,8 @@ from usage.models import (
     UsageRecord,
 )
 from usage.pricing import price_quote
-from usage.rollups import rollup_add, rollup_statements, rollups_enabled
+from usage.rollups import rollup_statements
+from usage.windows import Windows, window_resets_at
 
 if TYPE_CHECKING:
     from providers.models import ProviderConfig
@@ -68,47 +71,57 @@ logger = logging.getLogger(__name__)
 # every request a round trip.
 COOLDOWN_ERROR_TYPES: frozenset[str] = frozenset(ErrorType) - {ErrorType.BAD_REQUEST}
 
-# How often one process sweeps expired reservations from inside `tokens_reserve`.
+# How often one process sweeps expired reservations from the request path.
 RESERVATION_SWEEP_INTERVAL_SECONDS = 60.0
 _next_sweep = 0.0  # time.monotonic() after which the next sweep is due
 
+# Seconds a usage row saved after its response waits for other rows to share its transaction.
+ATTEMPTS_LINGER = 0.02
+
 # Table names are spelled out so the SQL reads whole; a test checks them against the models' db_table.
-_COUNTER_RESERVE = (
-    "UPDATE usage_tokencounter SET reserved = reserved + %s "
-    "WHERE provider_config_id = %s AND period = %s AND window_start = %s AND used + reserved + %s <= %s "
-    "RETURNING id"
-)
-_COUNTER_RESERVE_UNLIMITED = (
-    "UPDATE usage_tokencounter SET reserved = reserved + %s "
-    "WHERE provider_config_id = %s AND period = %s AND window_start = %s RETURNING id"
-)
-_COUNTER_CREATE = (
+_COUNTERS_CREATE = (
     "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
-    "VALUES (%s, %s, %s, 0, 0) ON CONFLICT DO NOTHING"
+    "SELECT %(config)s, 'month', %(month_start)s, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM usage_tokencounter "
+    "WHERE provider_config_id = %(config)s AND period = 'month' AND window_start = %(month_start)s) "
+    "UNION ALL SELECT %(config)s, 'day', %(day_start)s, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM usage_tokencounter "
+    "WHERE provider_config_id = %(config)s AND period = 'day' AND window_start = %(day_start)s) "
+    "ON CONFLICT DO NOTHING"
 )
-# Settling returns what budget alerts need (usage.alerts.budget_crossings_record): the new total, and the config's
-# own alert thresholds (NULL without a BudgetPolicy) from the same statement, so no extra round trip.
-_COUNTER_SETTLE = (
-    "UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s WHERE id = %s "
-    "RETURNING period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
-    "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
+_COUNTERS_LOCK = (
+    "SELECT period, used, reserved FROM usage_tokencounter WHERE provider_config_id = %(config)s "
+    "AND ((period = 'month' AND window_start = %(month_start)s) OR (period = 'day' AND window_start = %(day_start)s)) "
+    "ORDER BY period DESC FOR UPDATE"
 )
-_COUNTER_RELEASE = "UPDATE usage_tokencounter SET reserved = reserved - %s WHERE id = %s"
+# Inserted only if the tokens fit both windows as the rows locked above stand.
+_RESERVATION_CREATE = (
+    "INSERT INTO usage_tokenreservation (id, provider_config_id, day_counter_id, month_counter_id, tokens, "
+    "expires_at, request_id, user_id, task, model, attempt, input_tokens) "
+    "SELECT %(id)s, %(config)s, d.id, m.id, %(tokens)s, %(expires_at)s, %(request_id)s, %(user_id)s, %(task)s, "
+    "%(model)s, %(attempt)s, %(input_tokens)s FROM usage_tokencounter m, usage_tokencounter d "
+    "WHERE m.provider_config_id = %(config)s AND m.period = 'month' AND m.window_start = %(month_start)s "
+    "AND d.provider_config_id = %(config)s AND d.period = 'day' AND d.window_start = %(day_start)s "
+    "AND (CAST(%(month_limit)s AS BIGINT) IS NULL OR m.used + m.reserved + %(tokens)s <= %(month_limit)s) "
+    "AND (CAST(%(day_limit)s AS BIGINT) IS NULL OR d.used + d.reserved + %(tokens)s <= %(day_limit)s) "
+    "RETURNING month_counter_id, day_counter_id"
+)
+# Counted only if the reservation was inserted.
+_RESERVATION_COUNT = (
+    "UPDATE usage_tokencounter SET reserved = reserved + %(tokens)s WHERE id IN "
+    "(SELECT month_counter_id FROM usage_tokenreservation WHERE id = %(id)s "
+    "UNION ALL SELECT day_counter_id FROM usage_tokenreservation WHERE id = %(id)s)"
+)
 _COUNTER_ADD_USED = (
     "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
     "VALUES (%s, %s, %s, %s, 0) "
     "ON CONFLICT (provider_config_id, period, window_start) "
     "DO UPDATE SET used = usage_tokencounter.used + excluded.used "
-    "RETURNING period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
+    "RETURNING provider_config_id, period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
     "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
 )
-_RESERVATION_CREATE = (
-    "INSERT INTO usage_tokenreservation (provider_config_id, day_counter_id, month_counter_id, tokens, expires_at) "
-    "VALUES (%s, %s, %s, %s, %s) RETURNING id"
-)
-_RESERVATION_CLAIM = "DELETE FROM usage_tokenreservation WHERE id = %s"
-_RESERVATIONS_CLAIM_EXPIRED = (
-    "DELETE FROM usage_tokenreservation WHERE expires_at <= %s RETURNING day_counter_id, month_counter_id, tokens"
+_EXPIRED_LOCK = (
+    "SELECT r.id, r.provider_config_id, r.tokens, r.input_tokens, r.request_id, r.user_id, r.task, r.model, "
+    "r.attempt, r.month_counter_id, r.day_counter_id, r.expires_at FROM usage_tokenreservation r "
+    "WHERE r.expires_at <= %s ORDER BY r.id FOR UPDATE"
 )
 _COOLDOWN_FAILURE = (
     "INSERT INTO usage_providercooldown "
@@ -123,40 +136,33 @@ _COOLDOWN_FAILURE = (
 )
 _COOLDOWN_RESET = (
     "UPDATE usage_providercooldown SET consecutive_failures = 0, until = NULL "
-    "WHERE provider_config_id = %s AND consecutive_failures > 0"
+    "WHERE provider_config_id = %s AND consecutive_failures > 0 RETURNING provider_config_id"
 )
-# PostgreSQL: a reservation in one statement (see `_reserve_in_one_statement`). Both counter rows are locked, month
-# first (the lock order), and read as they are once locked; both are updated and the reservation inserted only if
-# both rows exist and the tokens fit both windows, else the statement changes nothing and returns no row.
-_RESERVE_ONE_STATEMENT = (
-    "WITH locked AS (SELECT id, period, used, reserved FROM usage_tokencounter "
-    "WHERE provider_config_id = %(config)s AND ((period = %(month)s AND window_start = %(month_start)s) "
-    "OR (period = %(day)s AND window_start = %(day_start)s)) ORDER BY period = %(day)s FOR UPDATE), "
-    "fits AS (SELECT count(*) = 2 AND coalesce(bool_and(CASE WHEN period = %(month)s "
-    "THEN %(month_limit)s::bigint IS NULL OR used + reserved + %(tokens)s <= %(month_limit)s::bigint "
-    "ELSE %(day_limit)s::bigint IS NULL OR used + reserved + %(tokens)s <= %(day_limit)s::bigint END), false) AS ok "
-    "FROM locked), "
-    "updated AS (UPDATE usage_tokencounter SET reserved = usage_tokencounter.reserved + %(tokens)s FROM locked "
-    "WHERE usage_tokencounter.id = locked.id AND (SELECT ok FROM fits) "
-    "RETURNING usage_tokencounter.id, usage_tokencounter.period) "
-    "INSERT INTO usage_tokenreservation (provider_config_id, day_counter_id, month_counter_id, tokens, expires_at) "
-    "SELECT %(config)s, (SELECT id FROM updated WHERE period = %(day)s), "
-    "(SELECT id FROM updated WHERE period = %(month)s), %(tokens)s, %(expires_at)s WHERE (SELECT ok FROM fits) "
-    "RETURNING id, month_counter_id, day_counter_id"
-)
-# PostgreSQL: claim a reservation and settle both its counters in one statement (month first, as above); no row
-# when the reservation was already gone (expired and released).
-_SETTLE_ONE_STATEMENT = (
-    "WITH claimed AS (DELETE FROM usage_tokenreservation WHERE id = %s RETURNING id), "
-    "m AS (UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s FROM claimed "
-    "WHERE usage_tokencounter.id = %s RETURNING period, window_start, used, (SELECT alert_thresholds "
-    "FROM usage_budgetpolicy WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)), "
-    "d AS (UPDATE usage_tokencounter SET reserved = reserved - %s, used = used + %s FROM claimed "
-    "WHERE usage_tokencounter.id = %s AND EXISTS (SELECT 1 FROM m) RETURNING period, window_start, used, "
-    "(SELECT alert_thresholds FROM usage_budgetpolicy "
-    "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)) "
-    "SELECT * FROM m UNION ALL SELECT * FROM d"
-)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _reservations_lock(count: int) -> str:
+    return f"SELECT id FROM usage_tokenreservation WHERE id IN ({_placeholders(count)}) ORDER BY id FOR UPDATE"  # noqa: S608
+
+
+def _counter_settle(count: int) -> str:
+    # What the named reservations still hold is released (nothing for one the sweep released already); the
+    # tokens used are added either way: they were spent.
+    return (
+        "UPDATE usage_tokencounter SET used = used + %s, reserved = reserved - COALESCE((SELECT sum(tokens) "  # noqa: S608
+        f"FROM usage_tokenreservation WHERE id IN ({_placeholders(count)})), 0) WHERE id = %s "
+        "RETURNING provider_config_id, period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
+        "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
+    )
+
+
+def _reservations_delete(count: int) -> str:
+    return f"DELETE FROM usage_tokenreservation WHERE id IN ({_placeholders(count)})"  # noqa: S608
+
+
 HAND_WRITTEN_SQL_TABLES = {
     "usage_tokencounter": TokenCounter,
     "usage_tokenreservation": TokenReservation,
@@ -187,7 +193,7 @@ class LimitExceeded(Exception):
 
 @dataclass(frozen=True)
 class Reservation:
-    """Tokens held for one call; hand it back to `attempt_record` to settle it."""
+    """Tokens held for one call; hand it back with the attempt to settle it."""
 
     id: int
     config_id: int
@@ -197,29 +203,16 @@ class Reservation:
     expires_at: datetime
 
 
-@dataclass(frozen=True)
-class Windows:
-    """The calendar windows a moment falls in, in settings.TIME_ZONE."""
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a reservation is for: the call, so that one that expires unsettled can be charged as a usage row."""
 
-    day: date
-    month: date
-
-    @classmethod
-    def at(cls, moment: datetime) -> Windows:
-        today = timezone.localtime(moment, timezone.get_default_timezone()).date()
-        return cls(day=today, month=today.replace(day=1))
-
-    def start(self, period: str) -> date:
-        return self.day if period == Period.DAY else self.month
-
-
-def window_resets_at(period: str, start: date) -> datetime:
-    """Return when the window of `period` that starts on `start` ends: the next local midnight or 1st."""
-    if period == Period.DAY:
-        following = start + timedelta(days=1)
-    else:
-        following = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return datetime.combine(following, clock_time.min, tzinfo=timezone.get_default_timezone())
+    request_id: str = ""
+    user_id: int | None = None
+    task: str = ""
+    model: str = ""
+    attempt: int = 1
+    input_tokens: int = 0  # the input estimate within the reserved tokens
 
 
 def _limits(config: ProviderConfig) -> tuple[tuple[str, int | None], ...]:
@@ -227,7 +220,7 @@ def _limits(config: ProviderConfig) -> tuple[tuple[str, int | None], ...]:
     return ((Period.MONTH, config.monthly_token_limit), (Period.DAY, config.daily_token_limit))
 
 
-def _has_limits(config: ProviderConfig | None) -> bool:
+def has_limits(config: ProviderConfig | None) -> bool:
     return config is not None and (config.daily_token_limit is not None or config.monthly_token_limit is not None)
 
 
@@ -241,316 +234,270 @@ def _limit_exceeded(config: ProviderConfig, period: str, limit: int, windows: Wi
     )
 
 
-def _db_date(value: date) -> Any:
-    return connection.ops.adapt_datefield_value(value)
+# --- Reserving -------------------------------------------------------------------------------------------------
 
 
-def _db_datetime(value: datetime | None) -> Any:
-    return connection.ops.adapt_datetimefield_value(value)
+class _Reserving:
+    """The statements of one reservation, and what their results mean."""
+
+    def __init__(self, config: ProviderConfig, tokens: int, hold: Hold, now: datetime):
+        if tokens < 0:
+            raise ValueError("tokens must not be negative")
+        self.config, self.tokens = config, tokens
+        self.windows = windows = Windows.at(now)
+        for period, limit in _limits(config):  # what could never fit is refused without a query
+            if limit is not None and tokens > limit:
+                raise _limit_exceeded(config, period, limit, windows)
+        self.id = secrets.randbits(63)
+        self.expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
+        params = {
+            "id": self.id,
+            "config": config.pk,
+            "month_start": windows.month,
+            "day_start": windows.day,
+            "month_limit": config.monthly_token_limit,
+            "day_limit": config.daily_token_limit,
+            "tokens": tokens,
+            "expires_at": self.expires_at,
+            "request_id": hold.request_id,
+            "user_id": hold.user_id,
+            "task": hold.task,
+            "model": hold.model or config.model_name,
+            "attempt": hold.attempt,
+            "input_tokens": min(hold.input_tokens, tokens),
+        }
+        self.statements = [
+            (_COUNTERS_CREATE, params),
+            (_COUNTERS_LOCK, params),
+            (_RESERVATION_CREATE, params),
+            (_RESERVATION_COUNT, params),
+        ]
+
+    def outcome(self, results: list[db.Rows]) -> Reservation:
+        _created, counters, reserved, _counted = results
+        if not reserved:
+            raise self._refusal(counters)
+        month_counter_id, day_counter_id = reserved[0]
+        return Reservation(
+            id=self.id,
+            config_id=self.config.pk,
+            tokens=self.tokens,
+            month_counter_id=month_counter_id,
+            day_counter_id=day_counter_id,
+            expires_at=self.expires_at,
+        )
+
+    def _refusal(self, counters: db.Rows) -> LimitExceeded:
+        standing = {period: used + reserved for period, used, reserved in counters}
+        for period, limit in _limits(self.config):
+            if limit is not None and standing.get(period, 0) + self.tokens > limit:
+                return _limit_exceeded(self.config, period, limit, self.windows)
+        raise RuntimeError(f"no reservation made for config {self.config.pk}, yet both windows had room")
 
 
-def tokens_reserve(*, config: ProviderConfig, tokens: int, now: datetime | None = None) -> Reservation | None:
+def tokens_reserve(
+    *, config: ProviderConfig, tokens: int, hold: Hold = Hold(), now: datetime | None = None
+) -> Reservation | None:
     """Hold `tokens` against the config's day and month windows, both or neither, or raise `LimitExceeded`.
 
-    Returns None, without touching the database, when the config has no limits, and refuses without a query
-    what could never fit. Otherwise one transaction of three statements (two conditional UPDATEs and an
-    INSERT); the first call in a new window, and a refusal, add an INSERT and a retry for that window. Both
-    windows are counted even when only one has a limit, so a limit set later in the window starts from the
-    true figure. Every RESERVATION_SWEEP_INTERVAL_SECONDS a process also sweeps expired reservations first.
+    Returns None, without a query, when the config has no limits. Both windows are counted even when only one
+    has a limit, so a limit set later in the window starts from the true figure. One transaction on the
+    caller's connection (`tokens_reserve_async` is the request path's face of the same statements).
     """
-    if not _has_limits(config):
+    if not has_limits(config):
         return None
     now = now or timezone.now()
-    windows = Windows.at(now)
-    _check_could_fit(config, tokens, windows)
-    _sweep_if_due(now)
-    expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
-    if connection.vendor == "postgresql":
-        reservation = _reserve_in_one_statement(config, tokens, windows, expires_at)
-        if reservation is not None:
-            return reservation
-        # A window refused or has no counter row yet: the general path below creates it, or says which refused.
-    return _reserve_in_a_transaction(config, tokens, windows, expires_at)
+    _sweep_if_due(now, in_background=False)
+    reserving = _Reserving(config, tokens, hold, now)
+    return reserving.outcome(db.execute_sync(reserving.statements))
 
 
-# What `tokens_reserve_on_loop` answers when only `tokens_reserve` can say.
-RESERVE_IN_A_THREAD = object()
-
-
-async def tokens_reserve_many_on_loop(
-    requests: list[tuple[ProviderConfig, int]], *, now: datetime | None = None
-) -> list[Reservation | None | object]:
-    """`tokens_reserve_many`'s common case from the event loop: the one-statement reservations in one message
-    (one transaction, config order), sent over the loop's connection (`aditus.db.results_in_one_message_async`).
-
-    Returns, in order, each one's reservation, None for a config without limits, or RESERVE_IN_A_THREAD where
-    only `tokens_reserve` can say: a refusal (it names the window and its reset), a window's first reservation
-    (it creates the counter row), the periodic sweep being due, or the message failing. Nothing is reserved for
-    those, unless the connection broke after PostgreSQL committed: those reservations then expire unused.
-    """
-    if _sweep_due():
-        return [RESERVE_IN_A_THREAD if _has_limits(config) else None for config, _ in requests]
-    plan = _ReservationMessage.of(requests, now or timezone.now())
-    answers = [RESERVE_IN_A_THREAD if isinstance(answer, Exception) else answer for answer in plan.answers]
-    if not plan.to_send:
-        return answers
-    try:
-        rows = await results_in_one_message_async(plan.statements())
-    except psycopg.Error:
-        rows = [[] for _ in plan.to_send]
-    for position, reservation in plan.reservations(rows):
-        answers[position] = reservation if reservation is not None else RESERVE_IN_A_THREAD
-    return answers
-
-
-def tokens_reserve_many(
-    requests: list[tuple[ProviderConfig, int]], *, now: datetime | None = None
-) -> list[Reservation | None | Exception]:
-    """`tokens_reserve` for several (config, tokens) at once; return, in order, each one's reservation (None for
-    a config without limits) or what `tokens_reserve` would raise (`LimitExceeded`).
-
-    On PostgreSQL the one-statement reservations of all of them go in one message, one transaction, in config
-    order (the lock order); a reservation that statement cannot make (a refusal, a window without a counter row
-    yet) then takes `tokens_reserve`'s own path. Elsewhere, `tokens_reserve` for each.
-    """
+async def tokens_reserve_async(
+    *, config: ProviderConfig, tokens: int, hold: Hold = Hold(), now: datetime | None = None
+) -> Reservation | None:
+    """`tokens_reserve` from the event loop (one round trip on PostgreSQL)."""
+    if not has_limits(config):
+        return None
     now = now or timezone.now()
-    if connection.vendor != "postgresql" or len(requests) < 2:
-        return [
-            answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
-            for config, tokens in requests
-        ]
-    plan = _ReservationMessage.of(requests, now)
-    answers = plan.answers
-    if not plan.to_send:
-        return answers
-    _sweep_if_due(now)
-    for position, reservation in plan.reservations(results_in_one_message(plan.statements())):
-        if reservation is None:  # refused, or a window without its counter row yet: `tokens_reserve` says which
-            config, tokens = requests[position]
-            reservation = answer_or_error(lambda c=config, t=tokens: tokens_reserve(config=c, tokens=t, now=now))
-        answers[position] = reservation
-    return answers
+    _sweep_if_due(now, in_background=True)
+    reserving = _Reserving(config, tokens, hold, now)
+    return reserving.outcome(await db.execute(reserving.statements))
+
+
+# --- Recording -------------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _ReservationMessage:
-    """The one-statement reservations of several requests, as `tokens_reserve_many` and its event-loop twin send
-    them: in config order (the lock order), without the requests that need no statement."""
+class Attempt:
+    """One attempt to record: its costed row (`attempt_build`), its reservation and its config's health."""
 
-    requests: list[tuple[ProviderConfig, int]]
-    windows: Windows
-    expires_at: datetime
-    answers: list  # per request so far: None (no limits; or sent), or the exception of what could never fit
-    to_send: list[int]  # positions, in config order
+    record: UsageRecord
+    reservation: Reservation | None = None
+    config: ProviderConfig | None = None
+    known_failures: int | None = None  # consecutive failures when the config was read; 0 skips a needless reset
+    total: int = field(init=False)
+    health: str | None = field(init=False)  # "failure", "reset" or None
 
-    @classmethod
-    def of(cls, requests: list[tuple[ProviderConfig, int]], now: datetime) -> _ReservationMessage:
-        windows = Windows.at(now)
-        answers: list = [None] * len(requests)
-        to_send: list[int] = []
-        for position, (config, tokens) in enumerate(requests):
-            if _has_limits(config):
-                answers[position] = answer_or_error(lambda c=config, t=tokens: _check_could_fit(c, t, windows))
-                if answers[position] is None:
-                    to_send.append(position)
-        to_send.sort(key=lambda position: requests[position][0].pk)
-        expires_at = now + timedelta(seconds=settings.TOKEN_RESERVATION_TTL_SECONDS)
-        return cls(requests, windows, expires_at, answers, to_send)
+    def __post_init__(self) -> None:
+        self.total = self.record.total_tokens
+        self.health = _health_change(self.config, self.record.outcome, self.record.error_type, self.known_failures)
 
-    def statements(self) -> list[tuple[str, dict[str, Any]]]:
-        return [
-            _reserve_statement(*self.requests[position], self.windows, self.expires_at) for position in self.to_send
-        ]
+    @property
+    def counts_without_reservation(self) -> bool:
+        return self.reservation is None and self.total > 0 and has_limits(self.config)
 
-    def reservations(self, rows: list[list[tuple]]):
-        """(position, its reservation, or None where the statement made none) for each request sent."""
-        for position, found in zip(self.to_send, rows, strict=True):
-            config, tokens = self.requests[position]
-            yield position, (_reservation_from_row(found[0], config, tokens, self.expires_at) if found else None)
-
-
-def _check_could_fit(config: ProviderConfig, tokens: int, windows: Windows) -> None:
-    """Refuse, without a query, what could never fit."""
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
-    for period, limit in _limits(config):
-        if limit is not None and tokens > limit:
-            raise _limit_exceeded(config, period, limit, windows)
-
-
-def _reserve_in_a_transaction(
-    config: ProviderConfig, tokens: int, windows: Windows, expires_at: datetime
-) -> Reservation:
-    counter_ids: dict[str, int] = {}
-    with transaction.atomic(), connection.cursor() as cursor:
-        for period, limit in _limits(config):
-            counter_ids[period] = _counter_reserve(cursor, config, period, limit, windows, tokens)
-        cursor.execute(
-            _RESERVATION_CREATE,
-            [config.pk, counter_ids[Period.DAY], counter_ids[Period.MONTH], tokens, _db_datetime(expires_at)],
-        )
-        reservation_id = cursor.fetchone()[0]
-    return Reservation(
-        id=reservation_id,
-        config_id=config.pk,
-        tokens=tokens,
-        month_counter_id=counter_ids[Period.MONTH],
-        day_counter_id=counter_ids[Period.DAY],
-        expires_at=expires_at,
-    )
-
-
-def _reserve_in_one_statement(
-    config: ProviderConfig, tokens: int, windows: Windows, expires_at: datetime
-) -> Reservation | None:
-    """PostgreSQL: reserve in one statement, or return None if a window refused or has no counter row yet.
-
-    One statement (committed on its own) keeps the counter rows locked only while PostgreSQL runs and commits
-    it. As a transaction of several statements, each round trip back to this process extends the lock, and under
-    load a thread waits milliseconds for the GIL before it sends the next: every reservation and settlement of
-    the config queues behind that row, which capped a process at a few dozen calls a second.
-    """
-    [rows] = results_in_one_message([_reserve_statement(config, tokens, windows, expires_at)])
-    if not rows:
+    def health_statement(self) -> tuple[str, list] | None:
+        if self.health == "reset":
+            return _COOLDOWN_RESET, [self.config.pk]
+        if self.health == "failure":
+            return _COOLDOWN_FAILURE, _failure_params(self.config.pk, self.record.error_type, self.record.created_at)
         return None
-    return _reservation_from_row(rows[0], config, tokens, expires_at)
 
 
-def _reserve_statement(
-    config: ProviderConfig, tokens: int, windows: Windows, expires_at: datetime
-) -> tuple[str, dict[str, Any]]:
-    return _RESERVE_ONE_STATEMENT, {
-        "config": config.pk,
-        "month": Period.MONTH.value,
-        "day": Period.DAY.value,
-        "month_start": windows.month,
-        "day_start": windows.day,
-        "month_limit": config.monthly_token_limit,
-        "day_limit": config.daily_token_limit,
-        "tokens": tokens,
-        "expires_at": expires_at,
-    }
+class _Recording:
+    """The statements that record several attempts in one transaction (see the module docstring), and what
+    their results mean."""
 
+    def __init__(self, attempts: list[Attempt]):
+        self.attempts = attempts
+        statements: list[db.Statement] = []
+        reserved = sorted({attempt.reservation.id for attempt in attempts if attempt.reservation is not None})
+        if reserved:
+            statements.append((_reservations_lock(len(reserved)), reserved))
+        # Each counter: the tokens of its attempts in, their reservations out. Months, then days, by id.
+        counters: dict[tuple[int, int], tuple[int, list[int]]] = {}  # (0 month / 1 day, id) -> (tokens, ids)
+        for attempt in attempts:
+            reservation = attempt.reservation
+            if reservation is None:
+                continue
+            for order, counter_id in ((0, reservation.month_counter_id), (1, reservation.day_counter_id)):
+                tokens, ids = counters.get((order, counter_id), (0, []))
+                counters[(order, counter_id)] = (tokens + attempt.total, [*ids, reservation.id])
+        self.counted: list[tuple[int, ProviderConfig | None]] = []  # per counting statement: tokens, config
+        configs = {attempt.reservation.config_id: attempt.config for attempt in attempts if attempt.reservation}
+        unreserved = sorted(
+            (attempt for attempt in attempts if attempt.counts_without_reservation), key=lambda a: a.config.pk
+        )
+        for order in (0, 1):
+            for (counter_order, counter_id), (tokens, ids) in sorted(counters.items()):
+                if counter_order == order:
+                    statements.append((_counter_settle(len(ids)), [tokens, *ids, counter_id]))
+                    self.counted.append((tokens, None))
+            period = Period.MONTH if order == 0 else Period.DAY
+            for attempt in unreserved:
+                start = Windows.at(attempt.record.created_at).start(period)
+                statements.append((_COUNTER_ADD_USED, [attempt.config.pk, period.value, start, attempt.total]))
+                self.counted.append((attempt.total, attempt.config))
+        self.configs = configs
+        self.counting = range(len(statements) - len(self.counted), len(statements))
+        if reserved:
+            statements.append((_reservations_delete(len(reserved)), reserved))
+        self.inserts = range(len(statements), len(statements) + len(attempts))
+        statements.extend(db.insert_statement(attempt.record) for attempt in attempts)
+        statements.extend(rollup_statements(records=[attempt.record for attempt in attempts]))
+        health = [attempt for attempt in attempts if attempt.health is not None]
+        for attempt in sorted(health, key=lambda attempt: attempt.config.pk):
+            statements.append(attempt.health_statement())
+        self.statements = statements
 
-def _reservation_from_row(row: tuple, config: ProviderConfig, tokens: int, expires_at: datetime) -> Reservation:
-    reservation_id, month_counter_id, day_counter_id = row
-    return Reservation(
-        id=reservation_id,
-        config_id=config.pk,
-        tokens=tokens,
-        month_counter_id=month_counter_id,
-        day_counter_id=day_counter_id,
-        expires_at=expires_at,
-    )
-
-
-def _counter_reserve(cursor, config: ProviderConfig, period: str, limit: int | None, windows: Windows, tokens: int):
-    start = _db_date(windows.start(period))
-    for first_try in (True, False):
-        # The check and the reservation are one statement: the row lock makes concurrent callers take turns,
-        # and each re-evaluates the condition against the row as the previous one left it.
-        if limit is None:
-            cursor.execute(_COUNTER_RESERVE_UNLIMITED, [tokens, config.pk, period, start])
-        else:
-            cursor.execute(_COUNTER_RESERVE, [tokens, config.pk, period, start, tokens, limit])
-        row = cursor.fetchone()
-        if row is not None:
-            return row[0]
-        if first_try:
-            # No row yet for this window, or not enough room: create it if missing (a concurrent creator
-            # wins harmlessly) and ask once more. Whether this INSERT added the row says nothing about the
-            # first UPDATE, which may have run before another transaction's row became visible.
-            cursor.execute(_COUNTER_CREATE, [config.pk, period, start])
-    raise _limit_exceeded(config, period, limit, windows)
-
-
-def reservations_expire(*, now: datetime | None = None) -> int:
-    """Release every reservation that has expired, exactly once, and return how many there were.
-
-    Deleting a reservation is the claim, so a settlement or another sweep racing this one cannot release the
-    same tokens again. One DELETE and, when something expired, one UPDATE per counter, in one transaction.
-    """
-    now = now or timezone.now()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_RESERVATIONS_CLAIM_EXPIRED, [_db_datetime(now)])
-        claimed = cursor.fetchall()
-        months: dict[int, int] = defaultdict(int)
-        days: dict[int, int] = defaultdict(int)
-        for day_counter_id, month_counter_id, tokens in claimed:
-            months[month_counter_id] += tokens
-            days[day_counter_id] += tokens
-        for counters in (months, days):
-            for counter_id in sorted(counters):
-                cursor.execute(_COUNTER_RELEASE, [counters[counter_id], counter_id])
-    return len(claimed)
-
-
-def _sweep_due() -> bool:
-    return time.monotonic() >= _next_sweep
-
-
-def _sweep_if_due(now: datetime) -> None:
-    global _next_sweep
-    # Per process and unlocked: two threads sweeping at once only cost a query, the release stays exactly once.
-    if not _sweep_due():
-        return
-    _next_sweep = time.monotonic() + RESERVATION_SWEEP_INTERVAL_SECONDS
-    reservations_expire(now=now)
+    def finish(self, results: list[db.Rows]) -> tuple[list[UsageRecord], list[db.Statement]]:
+        """The saved rows (with their ids), and the statements of the budget alerts they raised, if any."""
+        records = []
+        for attempt, position in zip(self.attempts, self.inserts, strict=True):
+            record = attempt.record
+            record.pk = results[position][0][0]
+            record._state.adding = False
+            record._state.db = "default"
+            records.append(record)
+        alerts: list[BudgetAlert] = []
+        for position, (tokens, config) in zip(self.counting, self.counted, strict=True):
+            for config_id, period, window_start, used, thresholds in results[position]:
+                config = config or self.configs.get(config_id)
+                alerts += budget_crossings(
+                    config=config, counters=[(period, window_start, used, thresholds)], tokens=tokens
+                )
+        if alerts:
+            logger.info("budget alerts noted: %s", [(a.provider_config_id, a.period, a.threshold) for a in alerts])
+        return records, [db.insert_statement(alert, on_conflict_do_nothing=True) for alert in alerts]
 
 
 def attempt_record(
     *,
     reservation: Reservation | None,
-    request_id: str,
-    user_id: int | None,
-    task: str,
     config: ProviderConfig | None,
-    provider_type: str,
-    model: str,
-    attempt: int,
-    outcome: str,
-    error_type: str = "",
-    usage: TokenUsage | None,
-    latency_ms: int,
-    streamed: bool,
     known_failures: int | None = None,
-    now: datetime | None = None,
+    **row: Any,
 ) -> UsageRecord:
-    """Record one provider attempt, costed; settle its reservation and note the config's health.
+    """Record one provider attempt, costed (`attempt_build(**row)`); settle its reservation and note the config's
+    health, in one transaction on the caller's connection. Settling never refuses: the tokens are spent.
 
-    In one transaction: the reservation is claimed (deleted) and its tokens swapped for the actual total
-    (input + output as billed) in both windows; if it had already expired and been released, or there was
-    none for a config with limits, the actual total is still added to the current windows. Settling never
-    refuses: the tokens are spent.
-
-    Health: "error" with an error type in COOLDOWN_ERROR_TYPES counts a failure (`provider_failure_note`);
-    "success" and "invalid_output" (the provider did answer) reset the count (`provider_success_note`);
-    "aborted" does neither. So do not call those two for an attempt recorded here. Pass `known_failures`,
-    the count read with the candidates (`configs_with_cooldown`), and a success with 0 skips the reset query.
-
-    Queries: one INSERT when there is nothing to settle or note; with a reservation, one transaction of
-    DELETE, two UPDATEs and the INSERT (plus one statement for health when needed). With USAGE_ROLLUPS_ENABLED
-    (the default), always a transaction, ending with the two rollup upserts of `usage.rollups.rollup_add`.
-
-    The same as `attempt_build` then `attempt_save`, which a caller may run apart (the costed row is known
-    before anything is written).
+    Health: "error" with an error type in COOLDOWN_ERROR_TYPES counts a failure; "success" and "invalid_output"
+    (the provider did answer) reset the count, unless `known_failures` (read with the candidates) is 0;
+    "aborted" and "unsettled" do neither.
     """
-    record = attempt_build(
-        request_id=request_id,
-        user_id=user_id,
-        task=task,
-        config=config,
-        provider_type=provider_type,
-        model=model,
-        attempt=attempt,
-        outcome=outcome,
-        error_type=error_type,
-        usage=usage,
-        latency_ms=latency_ms,
-        streamed=streamed,
-        now=now,
-    )
+    record = attempt_build(config=config, **row)
     return attempt_save(record, reservation=reservation, config=config, known_failures=known_failures)
+
+
+def attempt_save(
+    record: UsageRecord,
+    *,
+    reservation: Reservation | None,
+    config: ProviderConfig | None,
+    known_failures: int | None = None,
+) -> UsageRecord:
+    """Save a row from `attempt_build` as `attempt_record` does."""
+    attempt_observe(record)  # Prometheus: in memory, whether or not the recording succeeds
+    recording = _Recording([Attempt(record, reservation, config, known_failures)])
+    [saved], alerts = recording.finish(db.execute_sync(recording.statements))
+    if alerts:
+        db.execute_sync(alerts)
+    return saved
+
+
+async def attempt_save_async(attempt: Attempt, *, patient: bool = False) -> UsageRecord:
+    """Save an attempt from the event loop, with the attempts saved at the same time (`Batches`: one transaction
+    for all of them). A `patient` save (one nobody waits for: after the response) may wait up to ATTEMPTS_LINGER
+    for company. While the database cannot be reached, it tries again, backing off, for up to
+    settings.USAGE_SAVE_RETRY_SECONDS; raises what kept it from being saved after that."""
+    attempt_observe(attempt.record)  # Prometheus: in memory, whether or not the recording succeeds
+    batches = loop_batches("usage", _attempts_batches)
+    delay, deadline = 0.05, time.monotonic() + settings.USAGE_SAVE_RETRY_SECONDS
+    while True:
+        try:
+            return await batches.run(attempt, patient=patient)
+        except DatabaseError as error:
+            if not db.is_unavailable(error) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("The database is unreachable; saving usage row %s again in %.2f s", attempt.record, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _attempts_batches() -> Batches:
+    # One transaction at a time: the attempts that finish meanwhile go together in the next (a transaction's
+    # rows are the ones every call updates, so concurrent ones would only queue on them in PostgreSQL).
+    return Batches(attempts_save_async, max_in_flight=1, linger=ATTEMPTS_LINGER)
+
+
+async def attempts_save_async(attempts: list[Attempt]) -> list[UsageRecord | Exception]:
+    """Save attempts in one transaction; return, in order, each saved row or what kept it from being saved. If
+    the transaction fails for a reason other than the database being unreachable, each is saved on its own, so
+    that one bad attempt cannot lose the others."""
+    recording = _Recording(attempts)
+    try:
+        records, alerts = recording.finish(await db.execute(recording.statements))
+    except DatabaseError as error:
+        if len(attempts) == 1 or db.is_unavailable(error):
+            return [error] * len(attempts)
+        logger.warning("Recording %d attempts together failed; saving each on its own", len(attempts), exc_info=True)
+        return [(await attempts_save_async([attempt]))[0] for attempt in attempts]
+    if alerts:
+        try:
+            await db.execute(alerts)
+        except DatabaseError:  # the attempts are saved; an alert lost is logged, not raised
+            logger.exception("Could not note %d budget alerts", len(alerts))
+    return records
 
 
 def attempt_build(
@@ -569,7 +516,7 @@ def attempt_build(
     streamed: bool,
     now: datetime | None = None,
 ) -> UsageRecord:
-    """The usage row of one attempt, checked and costed, not saved (no query: see `attempt_record`)."""
+    """The usage row of one attempt, checked and costed, not saved (no query)."""
     outcome = Outcome(outcome)
     error_type = ErrorType(error_type).value if error_type else ""
     if attempt < 1:
@@ -602,239 +549,6 @@ def attempt_build(
     )
 
 
-def attempt_save(
-    record: UsageRecord,
-    *,
-    reservation: Reservation | None,
-    config: ProviderConfig | None,
-    known_failures: int | None = None,
-) -> UsageRecord:
-    """Save a row from `attempt_build`, settling its reservation and noting the config's health (see
-    `attempt_record`). Returns the row, saved."""
-    writing = _Writing.of(record, reservation=reservation, config=config, known_failures=known_failures)
-    if connection.vendor == "postgresql":
-        _write_in_one_message([writing])
-        return record
-    now = record.created_at
-    attempt_observe(record)  # Prometheus counters: in memory, whether or not the recording below succeeds
-    total = writing.total
-    if (
-        reservation is None
-        and not writing.count_without_reservation
-        and writing.health is None
-        and not rollups_enabled()
-    ):
-        record.save(force_insert=True)  # a single statement needs no transaction of its own
-        return record
-
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            counters: list[tuple] = []  # what _COUNTER_SETTLE or _COUNTER_ADD_USED returned for each window
-            if reservation is not None:
-                cursor.execute(_RESERVATION_CLAIM, [reservation.id])
-                if cursor.rowcount == 1:
-                    for counter_id in (reservation.month_counter_id, reservation.day_counter_id):
-                        cursor.execute(_COUNTER_SETTLE, [reservation.tokens, total, counter_id])
-                        counters.append(cursor.fetchone())
-                elif total:
-                    # Expired and released by a sweep: the tokens were still spent.
-                    counters = _used_add(cursor, reservation.config_id, total, Windows.at(now))
-            elif writing.count_without_reservation:
-                counters = _used_add(cursor, config.pk, total, Windows.at(now))
-            budget_crossings_record(config=config, counters=counters, tokens=total)
-
-            for sql, params in writing.health_statements():
-                cursor.execute(sql, params)
-        record.save(force_insert=True)
-        # Last, so the rollup rows every concurrent call of this bucket updates stay locked only for the commit.
-        rollup_add(record=record)
-    return record
-
-
-def attempts_save(attempts: list[dict[str, Any]]) -> list[UsageRecord | Exception]:
-    """Save several attempts, each given as the arguments of `attempt_save`; return, in order, each saved row or
-    the exception that kept it from being saved.
-
-    On PostgreSQL they go in one message, one transaction, with one rollup upsert per rollup row they share: a
-    process recording many calls at once (`tasks.services.Batches`) pays one round trip, one commit and
-    one lock of each contended row for all of them. If that transaction fails, each is saved on its own, so
-    one bad attempt cannot lose the others. Elsewhere, or for one attempt, `attempt_save` for each.
-    """
-    if connection.vendor != "postgresql" or len(attempts) == 1:
-        return [answer_or_error(lambda attempt=attempt: attempt_save(**attempt)) for attempt in attempts]
-    writings = [_Writing.of(**attempt) for attempt in attempts]
-    for writing in writings:
-        attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
-    try:
-        results, positions = _write_message(writings)
-    except DatabaseError:
-        # Rolled back whole: nothing of it was written.
-        logger.warning("Recording %d attempts together failed; saving each on its own", len(writings), exc_info=True)
-        return [
-            answer_or_error(lambda writing=writing: _write_in_one_message([writing], observe=False)[0])
-            for writing in writings
-        ]
-    return [
-        answer_or_error(lambda writing=writing, position=position: _after_message(writing, results, position))
-        for writing, position in zip(writings, positions, strict=True)
-    ]
-
-
-@dataclass(slots=True)
-class _Writing:
-    """One attempt's share of a recording message (`_write_in_one_message`)."""
-
-    record: UsageRecord
-    reservation: Reservation | None
-    config: ProviderConfig | None
-    total: int
-    count_without_reservation: bool
-    health: str | None
-
-    @classmethod
-    def of(
-        cls,
-        record: UsageRecord,
-        *,
-        reservation: Reservation | None,
-        config: ProviderConfig | None,
-        known_failures: int | None = None,
-    ) -> _Writing:
-        total = record.total_tokens
-        return cls(
-            record=record,
-            reservation=reservation,
-            config=config,
-            total=total,
-            count_without_reservation=reservation is None and total > 0 and _has_limits(config),
-            health=_health_change(config, record.outcome, record.error_type, known_failures),
-        )
-
-    def health_statements(self) -> list[tuple[str, list]]:
-        if self.health == "reset":
-            return [(_COOLDOWN_RESET, [self.config.pk])]
-        if self.health == "failure":
-            return [
-                (_COOLDOWN_FAILURE, _failure_params(self.config.pk, self.record.error_type, self.record.created_at))
-            ]
-        return []
-
-    def counting_statements(self) -> list[tuple[str, list]]:
-        """The settlement of the reservation, or the tokens added without one."""
-        if self.reservation is not None:
-            reservation, tokens = self.reservation, self.reservation.tokens
-            return [
-                (
-                    _SETTLE_ONE_STATEMENT,
-                    [
-                        *(reservation.id, tokens, self.total, reservation.month_counter_id),
-                        *(tokens, self.total, reservation.day_counter_id),
-                    ],
-                )
-            ]
-        if self.count_without_reservation:
-            windows = Windows.at(self.record.created_at)
-            return [
-                (_COUNTER_ADD_USED, [self.config.pk, period, _db_date(windows.start(period)), self.total])
-                for period in (Period.MONTH, Period.DAY)
-            ]
-        return []
-
-    def config_order(self) -> int:
-        return self.record.provider_config_id or 0
-
-
-def _write_in_one_message(writings: list[_Writing], *, observe: bool = True) -> list[UsageRecord]:
-    """PostgreSQL: what `attempt_record` writes for each attempt, as one message of statements, in one round trip.
-
-    PostgreSQL runs the statements of one simple-protocol query as one transaction (unless the caller is
-    already in one, which they then join), so the rows, the settlements, the health notes and the rollups still
-    commit together or not at all. The counter and rollup rows, which every call of a config or a bucket
-    updates, stay locked only while PostgreSQL runs and commits the message: no round trip back to this process
-    in between (see `_reserve_in_one_statement`). The general path's statements, with the counters moved last;
-    rows that several transactions lock (cooldowns, rollups, counters) in config and bucket order.
-
-    Two rare cases take a second trip after the commit: a reservation that had expired and been released (the
-    tokens are still added to the current windows, in a transaction of their own), and a budget threshold
-    crossed (the alert is inserted then: if the process died in between, that alert would be lost, never
-    duplicated; the counter update that crossed it is committed either way).
-    """
-    if observe:
-        for writing in writings:
-            attempt_observe(writing.record)  # Prometheus: in memory, whether or not the recording succeeds
-    results, positions = _write_message(writings)
-    return [_after_message(writing, results, position) for writing, position in zip(writings, positions, strict=True)]
-
-
-def _write_message(writings: list[_Writing]) -> tuple[list, list[tuple[int, int]]]:
-    """Send the message of `_write_in_one_message`; return its results and, for each writing in order, the
-    positions of its INSERT and of its counting statements among them."""
-    by_config = sorted(range(len(writings)), key=lambda index: writings[index].config_order())
-    statements: list[tuple[str, list]] = []
-    for index in by_config:
-        statements.extend(writings[index].health_statements())
-    inserts = []
-    for writing in writings:
-        inserts.append(len(statements))
-        statements.append(_usage_insert(writing.record))
-    statements.extend(rollup_statements(records=[writing.record for writing in writings]))
-    # The counters last: the next call's reservation waits for these rows, so they stay locked only for the
-    # commit (the rollup rows are contended only by other recordings, which run after their responses).
-    counting = [0] * len(writings)
-    for index in by_config:
-        counting[index] = len(statements)
-        statements.extend(writings[index].counting_statements())
-
-    # Inside a caller's transaction, a savepoint, so that a failure undoes this call's statements only.
-    inner = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    with inner:
-        results = results_in_one_message(statements)
-    return results, list(zip(inserts, counting, strict=True))
-
-
-def _after_message(writing: _Writing, results: list, positions: tuple[int, int]) -> UsageRecord:
-    insert_position, counting_position = positions
-    record = writing.record
-    record.pk = results[insert_position][0][0]
-    record._state.adding = False
-    record._state.db = connection.alias
-    counters: list[tuple] = []
-    if writing.reservation is not None:
-        counters = results[counting_position]
-        if not counters and writing.total:
-            # Expired and released by a sweep: the tokens were still spent.
-            with transaction.atomic(), connection.cursor() as cursor:
-                counters = _used_add(
-                    cursor, writing.reservation.config_id, writing.total, Windows.at(record.created_at)
-                )
-    elif writing.count_without_reservation:
-        counters = [results[counting_position][0], results[counting_position + 1][0]]
-    budget_crossings_record(config=writing.config, counters=counters, tokens=writing.total)
-    return record
-
-
-_usage_insert_sql: tuple[str, list] | None = None
-
-
-def _usage_insert(record: UsageRecord) -> tuple[str, list]:
-    """The INSERT of a usage row, RETURNING its id: what `record.save(force_insert=True)` sends, without the
-    ORM's query compilation (about 0.3 ms of CPU)."""
-    global _usage_insert_sql
-    if _usage_insert_sql is None:
-        meta = UsageRecord._meta
-        quote = connection.ops.quote_name
-        fields = [field for field in meta.concrete_fields if not field.primary_key]
-        sql = (
-            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}"
-        )
-        _usage_insert_sql = (sql, fields)
-    sql, fields = _usage_insert_sql
-    database = connections[connection.alias]  # the thread's wrapper itself: each of `connection`'s attributes
-    # is looked up per thread, and the fields ask for several each
-    return sql, [field.get_db_prep_save(getattr(record, field.attname), database) for field in fields]
-
-
 def _health_change(
     config: ProviderConfig | None, outcome: str, error_type: str, known_failures: int | None
 ) -> str | None:
@@ -847,12 +561,80 @@ def _health_change(
     return None
 
 
-def _used_add(cursor, config_id: int, tokens: int, windows: Windows) -> list[tuple]:
-    counters = []
-    for period in (Period.MONTH, Period.DAY):
-        cursor.execute(_COUNTER_ADD_USED, [config_id, period, _db_date(windows.start(period)), tokens])
-        counters.append(cursor.fetchone())
-    return counters
+# --- Expired reservations --------------------------------------------------------------------------------------
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Charge every reservation that expired unsettled (its worker died mid-call) as a usage row of outcome
+    "unsettled" costing what was reserved, and release it, exactly once; return how many there were.
+
+    One transaction: the expired reservations are locked, then recorded as `_Recording` records any attempt, so
+    a settlement racing this sweep finds its reservation either still there (and waits) or gone.
+    """
+    from providers.models import ProviderConfig  # providers is below usage; imported here to keep start-up light
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        [expired] = db.execute_sync([(_EXPIRED_LOCK, [now])])
+        if not expired:
+            return 0
+        configs = ProviderConfig.objects.in_bulk({row[1] for row in expired})
+        attempts = []
+        for row in expired:
+            reservation_id, config_id, tokens, input_tokens, request_id, user_id, task, model, attempt = row[:9]
+            month, day, expires_at = row[9:]
+            config = configs[config_id]
+            record = attempt_build(
+                request_id=request_id or f"reservation-{reservation_id}",
+                user_id=user_id,
+                task=task or "",
+                config=config,
+                provider_type=config.provider_type,
+                model=model or config.model_name,
+                attempt=attempt,
+                outcome=Outcome.UNSETTLED,
+                usage=TokenUsage(input_tokens=input_tokens, output_tokens=tokens - input_tokens, estimated=True),
+                latency_ms=0,
+                streamed=False,
+                now=now,
+            )
+            reservation = Reservation(reservation_id, config_id, tokens, month, day, db.as_datetime(expires_at))
+            attempts.append(Attempt(record, reservation, config))
+        recording = _Recording(attempts)
+        records, alerts = recording.finish(db.execute_sync(recording.statements))
+        if alerts:
+            db.execute_sync(alerts)
+    for record in records:
+        attempt_observe(record)
+    logger.warning("Charged %d reservations that expired unsettled", len(records))
+    return len(records)
+
+
+def _sweep_if_due(now: datetime, *, in_background: bool) -> None:
+    global _next_sweep
+    # Per process and unlocked: two sweeps at once only cost a query; each reservation is charged exactly once.
+    if time.monotonic() < _next_sweep:
+        return
+    _next_sweep = time.monotonic() + RESERVATION_SWEEP_INTERVAL_SECONDS
+    if not in_background:
+        reservations_expire(now=now)
+        return
+    task = asyncio.ensure_future(shielded(run_in_thread(_sweep_logged, now)))
+    _sweeps.add(task)
+    task.add_done_callback(_sweeps.discard)
+
+
+_sweeps: set[asyncio.Future] = set()
+
+
+def _sweep_logged(now: datetime) -> None:
+    try:
+        reservations_expire(now=now)
+    except DatabaseError:
+        logger.exception("Sweeping expired token reservations failed; the next sweep tries again")
+
+
+# --- Cooldowns and reads ---------------------------------------------------------------------------------------
 
 
 def provider_failure_note(*, config_id: int, error_type: str, now: datetime | None = None) -> int:
@@ -863,20 +645,15 @@ def provider_failure_note(*, config_id: int, error_type: str, now: datetime | No
     """
     if error_type not in COOLDOWN_ERROR_TYPES:
         return 0
-    with connection.cursor() as cursor:
-        return _failure_note(cursor, config_id, error_type, now or timezone.now())
-
-
-def _failure_note(cursor, config_id: int, error_type: str, now: datetime) -> int:
-    cursor.execute(_COOLDOWN_FAILURE, _failure_params(config_id, error_type, now))
-    return cursor.fetchone()[0]
+    [rows] = db.execute_sync([(_COOLDOWN_FAILURE, _failure_params(config_id, error_type, now or timezone.now()))])
+    return rows[0][0]
 
 
 def _failure_params(config_id: int, error_type: str, now: datetime) -> list:
     threshold = settings.PROVIDER_COOLDOWN_FAILURES
-    until = _db_datetime(now + timedelta(seconds=settings.PROVIDER_COOLDOWN_SECONDS))
+    until = now + timedelta(seconds=settings.PROVIDER_COOLDOWN_SECONDS)
     first_until = until if threshold <= 1 else None
-    return [config_id, first_until, error_type, _db_datetime(now), threshold, until]
+    return [config_id, first_until, error_type, now, threshold, until]
 
 
 def provider_success_note(*, config_id: int) -> bool:
@@ -884,9 +661,8 @@ def provider_success_note(*, config_id: int) -> bool:
 
     One UPDATE that changes no row (and so writes nothing) unless the config had failures.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_COOLDOWN_RESET, [config_id])
-        return cursor.rowcount > 0
+    [rows] = db.execute_sync([(_COOLDOWN_RESET, [config_id])])
+    return bool(rows)
 
 
 def configs_cooling_down(*, config_ids: list[int], now: datetime | None = None) -> set[int]:

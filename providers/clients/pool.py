@@ -30,7 +30,7 @@ import httpx2
 from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
 from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
-from aditus.aio import when_loop_closes
+from runtime.aio import when_loop_closes
 
 from .base import require_key
 

@@ -82,8 +82,15 @@ def auth(ordinary_user_token) -> dict[str, str]:
 
 
 def call(path: str, data: Any = None, **kwargs):
-    """POST through Django's AsyncClient, in an event loop of its own; see `acall`."""
-    return asyncio.run(acall(path, data, **kwargs))
+    """POST through Django's AsyncClient, in an event loop of its own that serves its statements from a pool, as
+    under uvicorn (`runtime.db.pooled`); see `acall`."""
+    from runtime import db
+
+    async def pooled_call():
+        async with db.pooled():
+            return await acall(path, data, **kwargs)
+
+    return asyncio.run(pooled_call())
 
 
 async def acall(path: str, data: Any = None, *, headers=None, multipart: bool = False, client=None, **kwargs):
@@ -130,9 +137,9 @@ def _release_thread_pool_connections(django_db_setup):
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from tasks.services import database_threads_shutdown
+    from runtime import threads
 
-    database_threads_shutdown()  # the views' database threads close their connections as they stop
+    threads.shutdown()  # the database threads' connections close as they stop
     gc.collect()
     executor = getattr(SyncToAsync, "single_thread_executor", None)
     if executor is not None:

@@ -1,4 +1,4 @@
-"""The task endpoints' lean ASGI path (aditus.task_handler), driven as uvicorn drives `aditus.asgi.application`.
+"""The task endpoints' lean ASGI path (runtime.asgi), driven as uvicorn drives `aditus.asgi.application`.
 
 The other task tests go through Django's test client, i.e. the full middleware stack; these check that the short
 stack production serves the task endpoints with still enforces what the full one does: authentication, CSRF for
@@ -16,13 +16,23 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.utils.crypto import get_random_string
 
-from aditus.task_handler import TaskASGIHandler, is_task_path
+from runtime.asgi import LeanASGIHandler
 from tests.asgi import asgi_request, http_scope
 from tests.tasks.conftest import COVER_LETTER, db_with_threads, usage_rows
 
 pytestmark = db_with_threads
 
 LETTER = {"profile": "Ada Lovelace, Python developer.", "job": "Backend engineer at Acme."}
+
+
+def lean_handler() -> LeanASGIHandler:
+    from usage.metrics import task_response_observe
+
+    return LeanASGIHandler(
+        path_prefixes=django_settings.TASK_PATH_PREFIXES,
+        middleware=django_settings.TASK_MIDDLEWARE,
+        observe=task_response_observe,
+    )
 
 
 def asgi_call(path: str, *, data=None, headers=None, host="testserver", scheme="http", method="POST", application=None):
@@ -35,6 +45,8 @@ def asgi_call(path: str, *, data=None, headers=None, host="testserver", scheme="
 
 
 def test_the_task_paths_take_the_lean_path_and_nothing_else_does():
+    is_task_path = lean_handler().handles
+
     def scope(path, root_path=""):
         return {"type": "http", "path": path, "root_path": root_path}
 
@@ -69,16 +81,16 @@ def test_the_answer_goes_out_before_its_usage_row_is_saved_and_the_row_is_saved_
     task_config, ordinary_user_token, monkeypatch
 ):
     task_config("openai")
-    from tasks import services
+    from usage import services
 
     events: list[str] = []
-    save = services.attempts_save
+    save = services.attempts_save_async
 
-    def attempts_save(attempts):
+    async def attempts_save_async(attempts):
         events.append("saved")
-        return save(attempts)
+        return await save(attempts)
 
-    monkeypatch.setattr(services, "attempts_save", attempts_save)
+    monkeypatch.setattr(services, "attempts_save_async", attempts_save_async)
 
     async def application(scope, receive, send):
         async def noting_send(message):
@@ -105,12 +117,12 @@ def test_a_usage_row_that_cannot_be_saved_after_the_answer_is_logged(
     task_config, ordinary_user_token, monkeypatch, caplog
 ):
     task_config("openai")
-    from tasks import services
+    from usage import services
 
-    def attempts_save(attempts):
+    async def attempts_save_async(attempts):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(services, "attempts_save", attempts_save)
+    monkeypatch.setattr(services, "attempts_save_async", attempts_save_async)
 
     status, _, body = asgi_call(COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"})
 
@@ -146,7 +158,7 @@ def test_plain_http_is_redirected_to_https_when_the_redirect_is_on(task_config, 
     task_config("openai")
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_HSTS_SECONDS = 3600
-    handler = TaskASGIHandler()  # SecurityMiddleware reads its settings when the stack is built
+    handler = lean_handler()  # SecurityMiddleware reads its settings when the stack is built
 
     status, headers, _ = asgi_call(
         COVER_LETTER, headers={"Authorization": f"Bearer {ordinary_user_token}"}, application=handler
@@ -235,15 +247,13 @@ def test_each_answer_of_the_task_endpoints_is_counted_by_endpoint_and_status(tas
 def test_the_disconnect_uvicorn_reports_after_each_response_raises_nothing():
     # Raised for every request, the exception's traceback kept the request and response in a reference cycle
     # that only the garbage collector's full collections freed.
-    from aditus.task_handler import TaskASGIHandler
-
     async def disconnect():
         return {"type": "http.disconnect"}
 
     async def more_body():
         return {"type": "http.request", "body": b"x"}
 
-    handler = TaskASGIHandler()
+    handler = lean_handler()
     assert asyncio.run(handler.listen_for_disconnect(disconnect)) is None
     with pytest.raises(AssertionError, match="http.request"):
         asyncio.run(handler.listen_for_disconnect(more_body))

@@ -1,3 +1,4 @@
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ from providers.clients.base import TokenUsage
 from tests.queries import sent_queries
 from usage import services
 from usage.models import ProviderCooldown, TokenCounter, UsageRecord
-from usage.services import attempt_build, attempt_record, attempts_save, tokens_reserve
+from usage.services import Attempt, attempt_build, attempt_record, attempts_save_async, tokens_reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -190,7 +191,7 @@ def test_it_refuses_values_that_are_not_outcomes_error_types_or_attempts(overrid
     assert not UsageRecord.objects.exists()
 
 
-def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_config):
+def test_settling_a_reservation_is_one_transaction_of_the_same_statements_on_both_databases(provider_config):
     config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
     reservation = tokens_reserve(config=config, tokens=1_000, now=NOON)
 
@@ -198,40 +199,11 @@ def test_settling_a_reservation_is_one_transaction_of_few_statements(provider_co
         record(config=config, reservation=reservation, usage=TokenUsage(input_tokens=100, output_tokens=10))
 
     sql = captured(context)
-    # claim the reservation, settle month and day, reset a failure count (a no-op here), insert the row, and add
-    # it to the daily and the daily-by-user rollups
-    if connection.vendor == "postgresql":
-        # one round trip: the claim and both settlements are one statement
-        assert len([query for query in sent_queries(context) if "SAVEPOINT" not in query]) == 1, sql
-        # the counters last, so the next reservation waits for their rows only during the commit
-        assert first_words(sql) == ["UPDATE", "INSERT", "INSERT", "INSERT", "WITH"], sql
-        assert "DELETE FROM usage_tokenreservation" in sql[-1]
-    else:
-        assert first_words(sql) == ["DELETE", "UPDATE", "UPDATE", "UPDATE", "INSERT", "INSERT", "INSERT"], sql
+    # lock the reservation, settle month and day, delete the reservation, insert the row, add it to the daily and
+    # the daily-by-user rollups, reset a failure count (a no-op here)
+    assert first_words(sql) == ["SELECT", "UPDATE", "UPDATE", "DELETE", "INSERT", "INSERT", "INSERT", "UPDATE"], sql
+    assert ("FOR UPDATE" in sql[0]) == (connection.vendor == "postgresql")  # SQLite locks the whole database
     assert not ProviderCooldown.objects.exists()
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's query cache: PostgreSQL only")
-def test_the_settlement_message_is_converted_once_then_taken_from_psycopgs_cache(provider_config, settings):
-    from psycopg import _queries
-
-    settings.DATABASE_PREPARED_STATEMENTS = False  # prepared, the message is a few short EXECUTEs
-    config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
-    settle = [
-        {"config": config, "reservation": tokens_reserve(config=config, tokens=1_000, now=NOON), "usage": usage}
-        for usage in (TokenUsage(100, 10), TokenUsage(200, 20), TokenUsage(300, 30))
-    ]
-    record(**settle[0])  # converted and cached
-    before = _queries._query2pg_client.cache_info()
-
-    with CaptureQueriesContext(connection) as context:
-        record(**settle[1])
-        record(**settle[2])
-
-    message = max((query["sql"] for query in context.captured_queries), key=len)
-    assert len(message.encode()) > 4096  # over psycopg's own bound (usage.apps.psycopg_query_cache_widen)
-    after = _queries._query2pg_client.cache_info()
-    assert after.hits > before.hits and after.misses == before.misses
 
 
 def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_only_inserts(provider_config, settings):
@@ -259,10 +231,7 @@ def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provid
         record(config=config, reservation=reservation, usage=TokenUsage(100, 10), known_failures=0)
 
     sql = captured(context)
-    if connection.vendor == "postgresql":
-        assert first_words(sql) == ["INSERT", "INSERT", "INSERT", "WITH"], sql
-    else:
-        assert first_words(sql) == ["DELETE", "UPDATE", "UPDATE", "INSERT", "INSERT", "INSERT"], sql
+    assert first_words(sql) == ["SELECT", "UPDATE", "UPDATE", "DELETE", "INSERT", "INSERT", "INSERT"], sql
 
 
 def built(config, *, input_tokens: int, output_tokens: int) -> UsageRecord:
@@ -281,21 +250,21 @@ def built(config, *, input_tokens: int, output_tokens: int) -> UsageRecord:
     )
 
 
+@pytest.mark.django_db(transaction=True)  # saved from the event loop, over connections of its own
 def test_attempts_saved_together_are_settled_each_exactly(provider_config):
     first = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
     second = provider_config(provider_type="openai", model_name="gpt-4o-mini", monthly_token_limit=50_000)
     attempts = [
-        {
-            "record": built(config, input_tokens=tokens, output_tokens=10),
-            "reservation": tokens_reserve(config=config, tokens=1_000, now=NOON),
-            "config": config,
-            "known_failures": 0,
-        }
+        Attempt(
+            built(config, input_tokens=tokens, output_tokens=10),
+            tokens_reserve(config=config, tokens=1_000, now=NOON),
+            config,
+            known_failures=0,
+        )
         for config, tokens in ((second, 300), (first, 100), (second, 500), (first, 200))
     ]
 
-    with CaptureQueriesContext(connection) as context:
-        saved = attempts_save(attempts)
+    saved = asyncio.run(attempts_save_async(attempts))
 
     assert [row.pk is not None for row in saved] == [True] * 4
     assert sorted(UsageRecord.objects.values_list("input_tokens", flat=True)) == [100, 200, 300, 500]
@@ -303,26 +272,22 @@ def test_attempts_saved_together_are_settled_each_exactly(provider_config):
         for period in ("day", "month"):
             counter = TokenCounter.objects.get(provider_config=config, period=period)
             assert (counter.used, counter.reserved) == (used, 0)
-    if connection.vendor == "postgresql":
-        [message] = [query for query in sent_queries(context) if "SAVEPOINT" not in query]
-        statements = message.split(";\n")
-        # four rows, one daily and one daily-by-user upsert per model (two models), four settlements, last
-        assert first_words(statements) == ["INSERT"] * 4 + ["INSERT"] * 4 + ["WITH"] * 4, statements
 
 
+@pytest.mark.django_db(transaction=True)
 def test_one_attempt_that_cannot_be_saved_does_not_keep_the_others_from_being_saved(provider_config):
     config = provider_config(provider_type="openai", model_name="gpt-4o", daily_token_limit=10_000)
     attempts = [
-        {
-            "record": built(config, input_tokens=tokens, output_tokens=10),
-            "reservation": tokens_reserve(config=config, tokens=1_000, now=NOON),
-            "config": config,
-        }
+        Attempt(
+            built(config, input_tokens=tokens, output_tokens=10),
+            tokens_reserve(config=config, tokens=1_000, now=NOON),
+            config,
+        )
         for tokens in (100, 200, 300)
     ]
-    attempts[1]["record"].latency_ms = -1  # breaks the column's check constraint
+    attempts[1].record.latency_ms = -1  # breaks the column's check constraint
 
-    saved = attempts_save(attempts)
+    saved = asyncio.run(attempts_save_async(attempts))
 
     assert isinstance(saved[1], Exception)
     assert [saved[0].pk is not None, saved[2].pk is not None] == [True, True]

@@ -28,6 +28,7 @@ NO_ERRORS = {
     "malformed_response": 0,
     "invalid_output": 0,
     "aborted": 0,
+    "unsettled": 0,
     "other": 0,
 }
 

@@ -1,4 +1,4 @@
-"""Release token reservations left behind by crashed workers (the gateway also does this now and then)."""
+"""Charge and release token reservations left behind by crashed workers (the gateway also does this now and then)."""
 
 from django.core.management.base import BaseCommand
 
@@ -6,8 +6,11 @@ from usage.services import reservations_expire
 
 
 class Command(BaseCommand):
-    help = "Release expired token reservations, each exactly once, and say how many there were."
+    help = (
+        "Charge every expired token reservation as an 'unsettled' usage row costing what was reserved, and "
+        "release it, exactly once; say how many there were."
+    )
 
     def handle(self, *args, **options):
-        released = reservations_expire()
-        self.stdout.write(f"Released {released} expired token reservation{'s' if released != 1 else ''}.")
+        charged = reservations_expire()
+        self.stdout.write(f"Charged {charged} expired token reservation{'s' if charged != 1 else ''} as unsettled.")

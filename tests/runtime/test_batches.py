@@ -1,24 +1,22 @@
-"""tasks.services.Batches: the database work of concurrent requests goes in shared batches, each answered alone."""
+"""runtime.batches.Batches: the work of concurrent requests goes in shared batches, each answered alone."""
 
 import asyncio
 
 import pytest
 
-from tasks import services
-from tasks.services import Batches
+from runtime.batches import Batches, loop_batches
 
 
 @pytest.fixture
 def seen():
-    """The batches a stand-in function (run in the database threads) was given."""
-    services.database_threads_shutdown()  # fresh threads, with no connection from an earlier test to look after
-    yield []
-    services.database_threads_shutdown()
+    """The batches a stand-in function was given."""
+    return []
 
 
 def stand_in(seen):
-    def function(items):
+    async def function(items):
         seen.append(list(items))
+        await asyncio.sleep(0)  # a trip to the database
         return [ValueError(f"cannot do {item}") if item == "bad" else item.upper() for item in items]
 
     return function
@@ -59,7 +57,7 @@ def test_several_batches_may_run_at_once(seen):
 
 
 def test_a_batch_that_fails_whole_fails_each_of_its_items(seen):
-    def function(items):
+    async def function(items):
         raise RuntimeError("database went away")
 
     batches = Batches(function, max_in_flight=1)
@@ -162,3 +160,16 @@ def test_an_item_that_comes_as_the_last_batch_ends_is_run(seen):
 
     assert asyncio.run(asyncio.wait_for(one_after_the_other(), timeout=5)) == ("A", "B")
     assert seen == [["a"], ["b"]]
+
+
+def test_each_event_loop_has_its_own_batches(seen):
+    def make():
+        return Batches(stand_in(seen), max_in_flight=1)
+
+    async def twice():
+        return loop_batches("stand-in", make), loop_batches("stand-in", make)
+
+    first, again = asyncio.run(twice())
+    other, _ = asyncio.run(twice())
+
+    assert first is again and other is not first
