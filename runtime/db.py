@@ -59,9 +59,11 @@ async def execute(statements: Sequence[Statement], *, atomic: bool = True) -> li
             async with _connection() as driver:
                 return await _pipelined(driver, statements, atomic)
         except psycopg.OperationalError as error:
-            # A broken connection is dropped (by the pool, or closed); the next try takes a fresh one.
             if last_try or not _connection_lost(driver_error=error):
                 raise _as_django_error(error) from error
+            # The broken connection is gone (the pool drops it); those idle beside it went the same way, as
+            # when the server restarts: replace them before trying again, never reuse one.
+            await _replace_dead_connections()
         except psycopg.Error as error:
             raise _as_django_error(error) from error
     raise AssertionError("unreachable")
@@ -110,6 +112,12 @@ def insert_statement(instance, *, on_conflict_do_nothing: bool = False) -> State
 def is_unavailable(error: BaseException) -> bool:
     """Whether `error` says the database cannot be reached or answered nothing (not a bad statement)."""
     return isinstance(error, (django_errors.OperationalError, django_errors.InterfaceError))
+
+
+def violated_constraint(error: BaseException) -> str | None:
+    """The name of the constraint an IntegrityError from `execute` violated, when the database says (PostgreSQL)."""
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
 
 
 def as_date(value: Any) -> date | None:
@@ -217,6 +225,23 @@ async def _connection() -> AsyncIterator[psycopg.AsyncConnection]:
     async with await psycopg.AsyncConnection.connect(**_connection_params()) as driver:
         await _configure(driver)
         yield driver
+
+
+_checks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pool -> the lock of its check
+
+
+async def _replace_dead_connections() -> None:
+    """Test the idle connections of this loop's pool, replacing the dead ones (psycopg_pool's `check`); callers
+    that find a check under way wait for it instead of starting another."""
+    pool = _pools.get(asyncio.get_running_loop())
+    if pool is None:
+        return
+    lock = _checks.setdefault(pool, asyncio.Lock())
+    if lock.locked():
+        async with lock:
+            return
+    async with lock:
+        await pool.check()
 
 
 async def pool_open() -> None:

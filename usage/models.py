@@ -145,6 +145,22 @@ class TokenReservation(models.Model):
         return f"{self.tokens} tokens for config {self.provider_config_id} until {self.expires_at}"
 
 
+class Receipt(models.Model):
+    """That one transaction recording usage rows committed.
+
+    Its first statement inserts a receipt under an id the caller chose (a random 63-bit number). If the
+    connection is lost while PostgreSQL commits, the transaction is sent again on a fresh connection
+    (`runtime.db`), and there the receipt's INSERT collides: the rows were recorded once already, and are not
+    recorded twice. Receipts are needed only for that moment; the expiry sweep deletes those older than an hour.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"receipt {self.id} at {self.created_at}"
+
+
 class ProviderCooldown(models.Model):
     """Consecutive failures of one config, and until when the router should skip it.
 

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import BooleanField, Case, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -52,6 +52,7 @@ from usage.models import (
     Outcome,
     Period,
     ProviderCooldown,
+    Receipt,
     TokenCounter,
     TokenReservation,
     UsageRecord,
@@ -105,6 +106,7 @@ _RESERVATION_CREATE = (
     "RETURNING month_counter_id, day_counter_id"
 )
 # Counted only if the reservation was inserted.
+_RESERVATION_READ = "SELECT month_counter_id, day_counter_id FROM usage_tokenreservation WHERE id = %s"
 _RESERVATION_COUNT = (
     "UPDATE usage_tokencounter SET reserved = reserved + %(tokens)s WHERE id IN "
     "(SELECT month_counter_id FROM usage_tokenreservation WHERE id = %(id)s "
@@ -118,6 +120,13 @@ _COUNTER_ADD_USED = (
     "RETURNING provider_config_id, period, window_start, used, (SELECT alert_thresholds FROM usage_budgetpolicy "
     "WHERE usage_budgetpolicy.provider_config_id = usage_tokencounter.provider_config_id)"
 )
+_RECEIPT = "INSERT INTO usage_receipt (id, created_at) VALUES (%s, %s)"
+_RECEIPTS_FORGET = "DELETE FROM usage_receipt WHERE created_at < %s"
+# The primary keys whose collision, when statements are sent again after a lost connection, says the first
+# sending committed (`runtime.db`): a reservation's id, a recording's receipt.
+_RESERVATION_KEY = "usage_tokenreservation_pkey"
+_RECEIPT_KEY = "usage_receipt_pkey"
+RECEIPTS_KEPT = timedelta(hours=1)
 _EXPIRED_LOCK = (
     "SELECT r.id, r.provider_config_id, r.tokens, r.input_tokens, r.request_id, r.user_id, r.task, r.model, "
     "r.attempt, r.month_counter_id, r.day_counter_id, r.expires_at FROM usage_tokenreservation r "
@@ -164,6 +173,7 @@ def _reservations_delete(count: int) -> str:
 
 
 HAND_WRITTEN_SQL_TABLES = {
+    "usage_receipt": Receipt,
     "usage_tokencounter": TokenCounter,
     "usage_tokenreservation": TokenReservation,
     "usage_providercooldown": ProviderCooldown,
@@ -321,7 +331,14 @@ async def tokens_reserve_async(
     now = now or timezone.now()
     _sweep_if_due(now, in_background=True)
     reserving = _Reserving(config, tokens, hold, now)
-    return reserving.outcome(await db.execute(reserving.statements))
+    try:
+        return reserving.outcome(await db.execute(reserving.statements))
+    except IntegrityError as error:
+        if db.violated_constraint(error) != _RESERVATION_KEY:
+            raise
+    # Sent again after the connection was lost while PostgreSQL committed: the first sending reserved.
+    [rows] = await db.execute([(_RESERVATION_READ, [reserving.id])])
+    return reserving.outcome([[], [], rows, []])
 
 
 # --- Recording -------------------------------------------------------------------------------------------------
@@ -360,7 +377,7 @@ class _Recording:
 
     def __init__(self, attempts: list[Attempt]):
         self.attempts = attempts
-        statements: list[db.Statement] = []
+        statements: list[db.Statement] = [(_RECEIPT, [secrets.randbits(63), timezone.now()])]
         reserved = sorted({attempt.reservation.id for attempt in attempts if attempt.reservation is not None})
         if reserved:
             statements.append((_reservations_lock(len(reserved)), reserved))
@@ -488,6 +505,11 @@ async def attempts_save_async(attempts: list[Attempt]) -> list[UsageRecord | Exc
     try:
         records, alerts = recording.finish(await db.execute(recording.statements))
     except DatabaseError as error:
+        if isinstance(error, IntegrityError) and db.violated_constraint(error) == _RECEIPT_KEY:
+            # Sent again after the connection was lost while PostgreSQL committed: recorded once already (the
+            # rows' ids and any budget alert they raised are what is lost).
+            logger.warning("%d usage rows were recorded before the connection was lost", len(attempts))
+            return [attempt.record for attempt in attempts]
         if len(attempts) == 1 or db.is_unavailable(error):
             return [error] * len(attempts)
         logger.warning("Recording %d attempts together failed; saving each on its own", len(attempts), exc_info=True)
@@ -575,7 +597,7 @@ def reservations_expire(*, now: datetime | None = None) -> int:
 
     now = now or timezone.now()
     with transaction.atomic():
-        [expired] = db.execute_sync([(_EXPIRED_LOCK, [now])])
+        [_forgotten, expired] = db.execute_sync([(_RECEIPTS_FORGET, [now - RECEIPTS_KEPT]), (_EXPIRED_LOCK, [now])])
         if not expired:
             return 0
         configs = ProviderConfig.objects.in_bulk({row[1] for row in expired})

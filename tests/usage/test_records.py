@@ -199,10 +199,12 @@ def test_settling_a_reservation_is_one_transaction_of_the_same_statements_on_bot
         record(config=config, reservation=reservation, usage=TokenUsage(input_tokens=100, output_tokens=10))
 
     sql = captured(context)
-    # lock the reservation, settle month and day, delete the reservation, insert the row, add it to the daily and
-    # the daily-by-user rollups, reset a failure count (a no-op here)
-    assert first_words(sql) == ["SELECT", "UPDATE", "UPDATE", "DELETE", "INSERT", "INSERT", "INSERT", "UPDATE"], sql
-    assert ("FOR UPDATE" in sql[0]) == (connection.vendor == "postgresql")  # SQLite locks the whole database
+    # a receipt (so that the transaction, sent again after a lost connection, is recognised), lock the
+    # reservation, settle month and day, delete the reservation, insert the row, add it to the daily and the
+    # daily-by-user rollups, reset a failure count (a no-op here)
+    assert first_words(sql) == ["INSERT", "SELECT", "UPDATE", "UPDATE", "DELETE", *["INSERT"] * 3, "UPDATE"]
+    assert sql[0].startswith("INSERT INTO usage_receipt")
+    assert ("FOR UPDATE" in sql[1]) == (connection.vendor == "postgresql")  # SQLite locks the whole database
     assert not ProviderCooldown.objects.exists()
 
 
@@ -213,14 +215,14 @@ def test_a_success_on_an_unlimited_config_known_to_be_healthy_is_only_inserts(pr
         record(config=config, usage=TokenUsage(input_tokens=100, output_tokens=10), known_failures=0)
 
     sql = captured(context)
-    # the row, then its two rollup upserts (in one transaction: see tests/usage/test_rollups.py)
-    assert first_words(sql) == ["INSERT", "INSERT", "INSERT"], sql
+    # the receipt, the row, then its two rollup upserts (in one transaction: see tests/usage/test_rollups.py)
+    assert first_words(sql) == ["INSERT", "INSERT", "INSERT", "INSERT"], sql
 
     settings.USAGE_ROLLUPS_ENABLED = False
     with CaptureQueriesContext(connection) as context:
         record(config=config, usage=TokenUsage(input_tokens=100, output_tokens=10), known_failures=0)
 
-    assert first_words(captured(context)) == ["INSERT"]
+    assert first_words(captured(context)) == ["INSERT", "INSERT"]
 
 
 def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provider_config):
@@ -231,7 +233,7 @@ def test_settling_for_a_config_known_to_be_healthy_skips_the_health_reset(provid
         record(config=config, reservation=reservation, usage=TokenUsage(100, 10), known_failures=0)
 
     sql = captured(context)
-    assert first_words(sql) == ["SELECT", "UPDATE", "UPDATE", "DELETE", "INSERT", "INSERT", "INSERT"], sql
+    assert first_words(sql) == ["INSERT", "SELECT", "UPDATE", "UPDATE", "DELETE", "INSERT", "INSERT", "INSERT"], sql
 
 
 def built(config, *, input_tokens: int, output_tokens: int) -> UsageRecord:
