@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 
 _T = TypeVar("_T")
 
@@ -18,10 +18,14 @@ _executor: ThreadPoolExecutor | None = None
 
 
 def executor() -> ThreadPoolExecutor:
-    """The process's pool (settings.DB_THREADS threads, started as needed; each keeps its own connection)."""
+    """The process's pool: settings.DB_THREADS threads, started as needed, each keeping its own connection; one
+    on SQLite, which lets one writer in at a time anyway (and whose shared-cache databases fail a second one at
+    once with "database table is locked" instead of waiting)."""
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=settings.DB_THREADS, thread_name_prefix="aditus-db")
+        sqlite = connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
+        size = 1 if sqlite else settings.DB_THREADS
+        _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="aditus-db")
     return _executor
 
 
