@@ -26,6 +26,7 @@ NO_ERRORS = {
     "unreachable": 0,
     "bad_request": 0,
     "malformed_response": 0,
+    "local": 0,
     "invalid_output": 0,
     "aborted": 0,
     "other": 0,
