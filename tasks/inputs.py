@@ -19,6 +19,10 @@ from tasks.prompts import TONES, as_text
 from tasks.responses import TaskError
 
 MAX_URL_CHARS = 2000
+# Deeper than any real input (a profile object is a few levels deep); well short of where Python's recursion
+# limit would turn a deeper one into a 500 (json.loads fails at about a thousand levels, code that walks the value
+# even sooner).
+MAX_JSON_DEPTH = 32
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
 _url_validator = URLValidator(schemes=["http", "https"])
 
@@ -58,9 +62,45 @@ def json_body(request) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError:
         raise TaskError(400, "invalid_json", "The request body is not valid JSON.") from None
+    except RecursionError:
+        raise nested_too_deeply() from None
     if not isinstance(data, dict):
         raise TaskError(400, "invalid_json", "The request body must be a JSON object.")
     return data
+
+
+def nested_too_deeply() -> TaskError:
+    return TaskError(400, "invalid_json", f"The request body is nested too deeply (more than {MAX_JSON_DEPTH} levels).")
+
+
+def check_depth(value: dict[str, Any] | list[Any]) -> None:
+    """Refuse a JSON value nested deeper than MAX_JSON_DEPTH (iteratively: a recursive walk is what overflows)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return
+    raise nested_too_deeply()
+
+
+def check_encodable(name: str, value: str) -> str:
+    """Refuse text holding a lone surrogate (U+D800-U+DFFF, what a front end sends when it cuts a string in the
+    middle of an emoji): it is not text, and no provider can be sent it."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as problem:
+            raise invalid(
+                name,
+                f"holds a lone surrogate (U+{ord(value[problem.start]):04X}) at character {problem.start}, which "
+                "is not text; send valid UTF-8.",
+            ) from None
+    return value
 
 
 def text(data: dict[str, Any], name: str) -> str:
@@ -81,6 +121,7 @@ def text_or_object(data: dict[str, Any], name: str) -> str | dict[str, Any]:
     if isinstance(value, dict):
         if not value:
             raise invalid(name, "must not be an empty object.")
+        check_depth(value)
         return value
     if value is not None and not isinstance(value, str):
         raise invalid(name, "must be a string or a JSON object.")
@@ -151,15 +192,15 @@ class WritingInput:
 
 def extraction_input(request) -> ExtractionInput:
     data = json_body(request)
-    posting = text(data, "text")
+    posting = check_encodable("text", text(data, "text"))
     check_total("text", posting)
     return ExtractionInput(text=posting, source_url=optional_url(data, "source_url"))
 
 
 def _writing_input(request, *, with_tone: bool) -> WritingInput:
     data = json_body(request)
-    profile = as_text(text_or_object(data, "profile"))
-    job = as_text(text_or_object(data, "job"))
+    profile = check_encodable("profile", as_text(text_or_object(data, "profile")))
+    job = check_encodable("job", as_text(text_or_object(data, "job")))
     check_total("profile + job", profile, job)
     return WritingInput(
         profile=profile,
