@@ -15,14 +15,11 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.core.validators import URLValidator
 
+from aditus.parsers import MAX_JSON_DEPTH, lone_surrogate_at, lone_surrogate_message, nested_deeper_than
 from tasks.prompts import TONES, as_text
 from tasks.responses import TaskError
 
 MAX_URL_CHARS = 2000
-# Deeper than any real input (a profile object is a few levels deep); well short of where Python's recursion
-# limit would turn a deeper one into a 500 (json.loads fails at about a thousand levels, code that walks the value
-# even sooner).
-MAX_JSON_DEPTH = 32
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}")
 _url_validator = URLValidator(schemes=["http", "https"])
 
@@ -74,32 +71,17 @@ def nested_too_deeply() -> TaskError:
 
 
 def check_depth(value: dict[str, Any] | list[Any]) -> None:
-    """Refuse a JSON value nested deeper than MAX_JSON_DEPTH (iteratively: a recursive walk is what overflows)."""
-    level: list[Any] = [value]
-    for _ in range(MAX_JSON_DEPTH):
-        level = [
-            child
-            for container in level
-            for child in (container.values() if isinstance(container, dict) else container)
-            if isinstance(child, (dict, list))
-        ]
-        if not level:
-            return
-    raise nested_too_deeply()
+    """Refuse a JSON value nested deeper than MAX_JSON_DEPTH."""
+    if nested_deeper_than(value):
+        raise nested_too_deeply()
 
 
 def check_encodable(name: str, value: str) -> str:
     """Refuse text holding a lone surrogate (U+D800-U+DFFF, what a front end sends when it cuts a string in the
     middle of an emoji): it is not text, and no provider can be sent it."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as problem:
-            raise invalid(
-                name,
-                f"holds a lone surrogate (U+{ord(value[problem.start]):04X}) at character {problem.start}, which "
-                "is not text; send valid UTF-8.",
-            ) from None
+    index = lone_surrogate_at(value)
+    if index is not None:
+        raise invalid(name, lone_surrogate_message(value, index))
     return value
 
 
