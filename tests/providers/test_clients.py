@@ -951,3 +951,14 @@ def test_scrubbing_removes_keys_pieces_of_keys_and_masked_keys():
     text = f"bad {key}; echo sk-proj-Zq8X...; masked sk-proj-****m2Nb; piece P0sLm2Nb! fine words"
 
     assert scrub_secret(text, key) == "bad [redacted]; echo [redacted] masked [redacted] piece [redacted] fine words"
+
+
+def test_the_validators_know_where_each_client_sends_a_key_without_a_base_url():
+    from providers.clients import anthropic_client, gemini_client, openai_client
+    from providers.validators import DEFAULT_BASE_URLS
+
+    assert DEFAULT_BASE_URLS == {
+        ProviderType.OPENAI: openai_client.DEFAULT_BASE_URL,
+        ProviderType.CLAUDE: anthropic_client.DEFAULT_BASE_URL,
+        ProviderType.GEMINI: gemini_client.DEFAULT_BASE_URL,
+    }
