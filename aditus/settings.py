@@ -332,12 +332,27 @@ READYZ_MIGRATIONS_CACHE_SECONDS = env_int("READYZ_MIGRATIONS_CACHE_SECONDS", 60,
 LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
-LOGGING["filters"] = {**LOGGING.get("filters", {}), "request_id": {"()": "aditus.logging.RequestIdFilter"}}
+LOGGING["filters"] = {
+    **LOGGING.get("filters", {}),
+    "request_id": {"()": "aditus.logging.RequestIdFilter"},
+    "redact_secrets": {"()": "aditus.logging.SecretRedactionFilter"},
+}
 LOGGING["formatters"]["plain"] = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
 LOGGING["formatters"]["json"] = {"()": "aditus.logging.JsonFormatter"}
-LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id"])
-# django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
-LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "axes.apps": {"level": "WARNING"}}
+# No key, token or secret of the settings in any line, whichever library logs it (at DEBUG the SDKs print their
+# request headers): every record goes through the one console handler, and its filter redacts them.
+LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id", "redact_secrets"])
+LOGGING["loggers"] = {
+    **LOGGING.get("loggers", {}),
+    # django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
+    "axes.apps": {"level": "WARNING"},
+    # uvicorn's loggers have handlers of their own (and its access lines do not propagate): when the application
+    # loads in a worker they are given the console handler instead, so its lines are redacted and formatted too.
+    # Their levels stay as uvicorn's --log-level set them.
+    "uvicorn": {"handlers": ["console"], "propagate": False},
+    "uvicorn.error": {"handlers": [], "propagate": True},
+    "uvicorn.access": {"handlers": ["console"], "propagate": False},
+}
 # --- end production and hardening ---
 
 # --- API docs ---
