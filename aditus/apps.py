@@ -8,7 +8,7 @@ class AditusConfig(AppConfig):
     verbose_name = "Access"
 
     def ready(self) -> None:
-        from aditus import signals
+        from aditus import checks, signals  # noqa: F401 - importing checks registers them
 
         pre_save.connect(
             signals.revoke_tokens_when_the_password_changes,

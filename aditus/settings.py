@@ -122,6 +122,10 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["aditus.parsers.JSONParser"],
     "DEFAULT_THROTTLE_RATES": {"auth": env_str("AUTH_THROTTLE_RATE", "10/min")},
+    # Throttles count per REMOTE_ADDR as the ASGI server set it (uvicorn believes X-Forwarded-For from
+    # FORWARDED_ALLOW_IPS only), never per an X-Forwarded-For they read again: with DRF's default (None) a client
+    # chose its own address with the header, and a new one per attempt got every attempt through.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -134,16 +138,19 @@ OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "aditus")
 # Provider base URLs must be https unless they point at loopback (local proxies, the fake providers).
 ALLOW_INSECURE_PROVIDER_URLS = env_bool("ALLOW_INSECURE_PROVIDER_URLS", False)
 
-# Throttle counters and other short-lived shared state. Set CACHE_URL (e.g. redis://127.0.0.1:6379/1) when
-# running several processes so throttles count across all of them.
+# Throttle counters (the token endpoint's), shared by every process and machine: in the database by default (the
+# table migration aditus 0002 creates), or in Redis when CACHE_URL names one (redis://host:6379/1, rediss://...).
 _cache_url = env_str("CACHE_URL")
-CACHES = {
-    "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
-        if _cache_url
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+if _cache_url is None:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "aditus_cache"}}
+elif _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}}
+else:
+    # Only the scheme in the message: the URL may hold a password.
+    raise ImproperlyConfigured(
+        f"CACHE_URL must be a redis://, rediss:// or unix:// URL, or unset for the database; got a "
+        f"{_cache_url.partition(':')[0]!r} URL"
     )
-}
 
 LOGGING = {
     "version": 1,
@@ -324,6 +331,10 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "aditus.lockout.lockout_response"
 AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]
 # The client address is REMOTE_ADDR, which uvicorn sets from X-Forwarded-For for trusted proxies only.
+# What deploy/entrypoint.sh gives uvicorn, read here too for the deployment check (aditus.checks): behind a proxy
+# that uvicorn does not trust, every client has the proxy's address, and shares its throttle and lockouts.
+PROXY_HEADERS = env_bool("PROXY_HEADERS", True)
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", [])  # empty: uvicorn's default, 127.0.0.1
 
 # Readiness (/readyz): how long a process trusts that every migration is applied before it checks again.
 READYZ_MIGRATIONS_CACHE_SECONDS = env_int("READYZ_MIGRATIONS_CACHE_SECONDS", 60, minimum=0)

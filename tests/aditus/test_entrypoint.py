@@ -40,6 +40,7 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "ALLOWED_HOSTS": HOST,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "STATIC_ROOT": str(tmp_path / "static"),
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests stand in for a proxy on this host
         **overrides,
     }
 
