@@ -174,6 +174,11 @@ USAGE_ROLLUPS_ENABLED = env_bool("USAGE_ROLLUPS_ENABLED", True)
 # The four task endpoints (tasks/). Input limits: exceeding one is a 400 (or 413 for sizes) naming the setting.
 TASK_MAX_TEXT_CHARS = env_int("TASK_MAX_TEXT_CHARS", 50_000, minimum=100)
 TASK_MAX_IMAGE_BYTES = env_int("TASK_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Request bodies (aditus.body_limit, around the whole application): over the limit, a JSON 413 before any of the
+# body is read. The image upload may be TASK_MAX_IMAGE_BYTES and this much of multipart form around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Everything else: Django's own limit on what it reads into memory (2.5 MiB), unless set.
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 2_621_440, minimum=1024)
 TASK_MAX_IMAGE_PIXELS = env_int("TASK_MAX_IMAGE_PIXELS", 40_000_000, minimum=1)
 TASK_MIN_IMAGE_SIDE = env_int("TASK_MIN_IMAGE_SIDE", 16, minimum=1)
 TASK_MAX_IMAGE_SIDE = env_int("TASK_MAX_IMAGE_SIDE", 8000, minimum=16)

@@ -21,10 +21,10 @@ def _fast_isolated_settings(request, settings):
     from django.core.cache import cache
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    uses_database = request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
-        request.fixturenames
-    )
-    if not uses_database:
+    database = [name for name in ("transactional_db", "db") if name in request.fixturenames]
+    if database:
+        request.getfixturevalue(database[0])  # set up now: this fixture may run before the test's own ones
+    elif not request.node.get_closest_marker("django_db"):
         yield
         return
     cache.clear()
