@@ -202,7 +202,8 @@ TASK_ERRORS: dict[int, tuple[str, list[str], str]] = {
     422: (
         "TaskProviderRejectedRequest",
         ["provider_rejected_request"],
-        "A provider refused the request as invalid; no other provider was tried, since it would refuse it too.",
+        "A provider refused the request as invalid, or it could not be built on our side (`error.error_type` "
+        "`local`); no other provider was tried, since it would fail there too.",
     ),
     429: (
         "TaskTokenLimitReached",

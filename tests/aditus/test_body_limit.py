@@ -112,6 +112,7 @@ def test_a_body_within_the_limit_reaches_the_application_whole(chunks, length):
     assert client.status == 200 and read == [("read", sum(map(len, chunks)))]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_image_upload_may_be_as_large_as_the_image_limit_and_its_form():
     from aditus.asgi import application
 
