@@ -1,4 +1,5 @@
-"""ASGI entry point: the task endpoints take the lean path (runtime.asgi), everything else Django's handler."""
+"""ASGI entry point: the task endpoints take the lean path (runtime.asgi), everything else Django's handler;
+around both, the body limit (aditus.body_limit)."""
 
 import gc
 import os
@@ -12,7 +13,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aditus.settings")
 django_application = get_asgi_application()  # sets Django up
 
 from django.conf import settings  # noqa: E402
+from django.urls import reverse  # noqa: E402
 
+from aditus.body_limit import BodyLimit, Limit  # noqa: E402
 from runtime.asgi import LeanASGIHandler, lifespan  # noqa: E402 - needs Django set up
 from usage.metrics import task_response_observe  # noqa: E402
 from usage.pricing import prices_load  # noqa: E402
@@ -69,9 +72,22 @@ YOUNG_GENERATION_THRESHOLD = 20_000
 gc.set_threshold(YOUNG_GENERATION_THRESHOLD)
 
 
-async def application(scope, receive, send):
+async def route(scope, receive, send):
     if scope["type"] == "lifespan":
         return await lifespan(scope, receive, send)
     if task_application.handles(scope):
         return await task_application(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+# The outermost layer: a body over its limit is refused before anything above reads it.
+application = BodyLimit(
+    route,
+    default=Limit(settings.MAX_REQUEST_BODY_BYTES, "MAX_REQUEST_BODY_BYTES"),
+    by_path={
+        reverse("tasks:job-image-validate"): Limit(
+            settings.TASK_MAX_IMAGE_BYTES + settings.MULTIPART_OVERHEAD_BYTES,
+            f"TASK_MAX_IMAGE_BYTES and {settings.MULTIPART_OVERHEAD_BYTES} bytes for the multipart form around it",
+        )
+    },
+)

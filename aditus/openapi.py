@@ -202,7 +202,8 @@ TASK_ERRORS: dict[int, tuple[str, list[str], str]] = {
     422: (
         "TaskProviderRejectedRequest",
         ["provider_rejected_request"],
-        "A provider refused the request as invalid; no other provider was tried, since it would refuse it too.",
+        "A provider refused the request as invalid, or it could not be built on our side (`error.error_type` "
+        "`local`); no other provider was tried, since it would fail there too.",
     ),
     429: (
         "TaskTokenLimitReached",
@@ -697,4 +698,16 @@ def add_undiscovered_paths(result: dict[str, Any], generator, request, public) -
         }
     )
     result["paths"] = {**result.get("paths", {}), **task_paths(), **operations_paths()}
+    # aditus.body_limit answers any operation that takes a body with a 413 when the body is over its limit.
+    for item in result["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault("413", BODY_TOO_LARGE)
     return result
+
+
+BODY_TOO_LARGE = {
+    "description": "The body is over its limit (MAX_REQUEST_BODY_BYTES; for the image upload TASK_MAX_IMAGE_BYTES and "
+    "its form), refused before it was read: `detail` and `error.message` say so, `error.limit` is the limit in bytes.",
+    "content": {JSON: {"schema": {"allOf": [_ref("Detail"), _ref("TaskError")]}}},
+}

@@ -143,8 +143,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["aditus.parsers.JSONParser"],
     "DEFAULT_THROTTLE_RATES": {"auth": env_str("AUTH_THROTTLE_RATE", "10/min")},
+    # Throttles count per REMOTE_ADDR as the ASGI server set it (uvicorn believes X-Forwarded-For from
+    # FORWARDED_ALLOW_IPS only), never per an X-Forwarded-For they read again: with DRF's default (None) a client
+    # chose its own address with the header, and a new one per attempt got every attempt through.
+    "NUM_PROXIES": 0,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -157,16 +161,19 @@ OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "aditus")
 # Provider base URLs must be https unless they point at loopback (local proxies, the fake providers).
 ALLOW_INSECURE_PROVIDER_URLS = env_bool("ALLOW_INSECURE_PROVIDER_URLS", False)
 
-# Throttle counters and other short-lived shared state. Set CACHE_URL (e.g. redis://127.0.0.1:6379/1) when
-# running several processes so throttles count across all of them.
+# Throttle counters (the token endpoint's), shared by every process and machine: in the database by default (the
+# table migration aditus 0002 creates), or in Redis when CACHE_URL names one (redis://host:6379/1, rediss://...).
 _cache_url = env_str("CACHE_URL")
-CACHES = {
-    "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
-        if _cache_url
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+if _cache_url is None:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "aditus_cache"}}
+elif _cache_url.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}}
+else:
+    # Only the scheme in the message: the URL may hold a password.
+    raise ImproperlyConfigured(
+        f"CACHE_URL must be a redis://, rediss:// or unix:// URL, or unset for the database; got a "
+        f"{_cache_url.partition(':')[0]!r} URL"
     )
-}
 
 LOGGING = {
     "version": 1,
@@ -190,6 +197,11 @@ USAGE_ROLLUPS_ENABLED = env_bool("USAGE_ROLLUPS_ENABLED", True)
 # The four task endpoints (tasks/). Input limits: exceeding one is a 400 (or 413 for sizes) naming the setting.
 TASK_MAX_TEXT_CHARS = env_int("TASK_MAX_TEXT_CHARS", 50_000, minimum=100)
 TASK_MAX_IMAGE_BYTES = env_int("TASK_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Request bodies (aditus.body_limit, around the whole application): over the limit, a JSON 413 before any of the
+# body is read. The image upload may be TASK_MAX_IMAGE_BYTES and this much of multipart form around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Everything else: Django's own limit on what it reads into memory (2.5 MiB), unless set.
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 2_621_440, minimum=1024)
 TASK_MAX_IMAGE_PIXELS = env_int("TASK_MAX_IMAGE_PIXELS", 40_000_000, minimum=1)
 TASK_MIN_IMAGE_SIDE = env_int("TASK_MIN_IMAGE_SIDE", 16, minimum=1)
 TASK_MAX_IMAGE_SIDE = env_int("TASK_MAX_IMAGE_SIDE", 8000, minimum=16)
@@ -327,6 +339,10 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "aditus.lockout.lockout_response"
 AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]
 # The client address is REMOTE_ADDR, which uvicorn sets from X-Forwarded-For for trusted proxies only.
+# What deploy/entrypoint.sh gives uvicorn, read here too for the deployment check (aditus.checks): behind a proxy
+# that uvicorn does not trust, every client has the proxy's address, and shares its throttle and lockouts.
+PROXY_HEADERS = env_bool("PROXY_HEADERS", True)
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", [])  # empty: uvicorn's default, 127.0.0.1
 
 # Readiness (/readyz): how long a process trusts that every migration is applied before it checks again.
 READYZ_MIGRATIONS_CACHE_SECONDS = env_int("READYZ_MIGRATIONS_CACHE_SECONDS", 60, minimum=0)
@@ -335,12 +351,27 @@ READYZ_MIGRATIONS_CACHE_SECONDS = env_int("READYZ_MIGRATIONS_CACHE_SECONDS", 60,
 LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
-LOGGING["filters"] = {**LOGGING.get("filters", {}), "request_id": {"()": "aditus.logging.RequestIdFilter"}}
+LOGGING["filters"] = {
+    **LOGGING.get("filters", {}),
+    "request_id": {"()": "aditus.logging.RequestIdFilter"},
+    "redact_secrets": {"()": "aditus.logging.SecretRedactionFilter"},
+}
 LOGGING["formatters"]["plain"] = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
 LOGGING["formatters"]["json"] = {"()": "aditus.logging.JsonFormatter"}
-LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id"])
-# django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
-LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "axes.apps": {"level": "WARNING"}}
+# No key, token or secret of the settings in any line, whichever library logs it (at DEBUG the SDKs print their
+# request headers): every record goes through the one console handler, and its filter redacts them.
+LOGGING["handlers"]["console"].update(formatter=LOG_FORMAT, filters=["request_id", "redact_secrets"])
+LOGGING["loggers"] = {
+    **LOGGING.get("loggers", {}),
+    # django-axes announces itself at INFO in every process and command; its lockout messages are warnings.
+    "axes.apps": {"level": "WARNING"},
+    # uvicorn's loggers have handlers of their own (and its access lines do not propagate): when the application
+    # loads in a worker they are given the console handler instead, so its lines are redacted and formatted too.
+    # Their levels stay as uvicorn's --log-level set them.
+    "uvicorn": {"handlers": ["console"], "propagate": False},
+    "uvicorn.error": {"handlers": [], "propagate": True},
+    "uvicorn.access": {"handlers": ["console"], "propagate": False},
+}
 # --- end production and hardening ---
 
 # --- API docs ---

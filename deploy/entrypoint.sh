@@ -2,7 +2,7 @@
 # The production start script: the Docker image's ENTRYPOINT, and usable as is on a host with a virtualenv.
 #
 #   deploy/entrypoint.sh serve              uvicorn on $PORT (the default command of the image)
-#   deploy/entrypoint.sh migrate            apply database migrations (run once per release, before serving)
+#   deploy/entrypoint.sh migrate            apply database migrations and create the cache table (once per release)
 #   deploy/entrypoint.sh collectstatic      gather static files into STATIC_ROOT (the image does it at build)
 #   deploy/entrypoint.sh check [ARGS...]    Django's deployment checks (e.g. check --fail-level WARNING)
 #   deploy/entrypoint.sh manage ARGS...     any other manage.py command
@@ -62,7 +62,7 @@ command=${1:-serve}
 [ $# -gt 0 ] && shift
 case "$command" in
     serve) serve ;;
-    migrate) exec "$PYTHON" manage.py migrate --noinput "$@" ;;
+    migrate) "$PYTHON" manage.py migrate --noinput "$@" && exec "$PYTHON" manage.py createcachetable ;;
     collectstatic) exec "$PYTHON" manage.py collectstatic --noinput "$@" ;;
     check) exec "$PYTHON" manage.py check --deploy "$@" ;;
     manage) exec "$PYTHON" manage.py "$@" ;;

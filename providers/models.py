@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from providers.clients.base import Endpoint, ProviderType
 from providers.fields import EncryptedTextField, Sealed
-from providers.validators import validate_model_name, validate_provider_base_url
+from providers.validators import validate_model_for_provider, validate_model_name, validate_provider_base_url
 
 
 class Task(models.TextChoices):
@@ -119,6 +120,14 @@ class ProviderConfig(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.provider_type and self.model_name:
+            try:
+                validate_model_for_provider(self.provider_type, self.model_name)
+            except ValidationError as error:
+                raise ValidationError({"model_name": error.messages}) from None
 
     @property
     def masked_key(self) -> str:

@@ -1,6 +1,8 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from providers.models import ProviderConfig
+from providers.validators import key_origin_change, validate_api_key, validate_model_for_provider
 
 WRITABLE_FIELDS = [
     "provider_type",
@@ -35,7 +37,9 @@ class RejectUnknownFieldsMixin:
 
 class ProviderConfigInputSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     # Write-only. On update an omitted or empty key keeps the stored one.
-    api_key = serializers.CharField(write_only=True, max_length=500, trim_whitespace=True)
+    api_key = serializers.CharField(
+        write_only=True, max_length=500, trim_whitespace=True, validators=[validate_api_key]
+    )
 
     class Meta:
         model = ProviderConfig
@@ -52,6 +56,28 @@ class ProviderConfigInputSerializer(RejectUnknownFieldsMixin, serializers.ModelS
         if not value:
             raise serializers.ValidationError("This field may not be blank.")
         return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = self.instance
+        provider_type = attrs.get("provider_type", getattr(instance, "provider_type", ""))
+        if "model_name" in attrs or "provider_type" in attrs:
+            model_name = attrs.get("model_name", getattr(instance, "model_name", ""))
+            try:
+                validate_model_for_provider(provider_type, model_name)
+            except DjangoValidationError as error:
+                raise serializers.ValidationError({"model_name": error.messages}) from None
+        if instance is not None and not attrs.get("api_key"):
+            # A stored key is sent only where it was entered for: a new host (or provider) needs the key again.
+            problem = key_origin_change(
+                old_type=instance.provider_type,
+                old_base_url=instance.base_url,
+                new_type=provider_type,
+                new_base_url=attrs.get("base_url", instance.base_url),
+            )
+            if problem:
+                raise serializers.ValidationError({"api_key": [problem]})
+        return attrs
 
 
 class ProviderSettingsTestSerializer(ProviderConfigInputSerializer):

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.core.validators import URLValidator
 
+from aditus.parsers import MAX_JSON_DEPTH, lone_surrogate_at, lone_surrogate_message, nested_deeper_than
 from tasks.prompts import TONES, as_text
 from tasks.responses import TaskError
 
@@ -58,9 +59,30 @@ def json_body(request) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError:
         raise TaskError(400, "invalid_json", "The request body is not valid JSON.") from None
+    except RecursionError:
+        raise nested_too_deeply() from None
     if not isinstance(data, dict):
         raise TaskError(400, "invalid_json", "The request body must be a JSON object.")
     return data
+
+
+def nested_too_deeply() -> TaskError:
+    return TaskError(400, "invalid_json", f"The request body is nested too deeply (more than {MAX_JSON_DEPTH} levels).")
+
+
+def check_depth(value: dict[str, Any] | list[Any]) -> None:
+    """Refuse a JSON value nested deeper than MAX_JSON_DEPTH."""
+    if nested_deeper_than(value):
+        raise nested_too_deeply()
+
+
+def check_encodable(name: str, value: str) -> str:
+    """Refuse text holding a lone surrogate (U+D800-U+DFFF, what a front end sends when it cuts a string in the
+    middle of an emoji): it is not text, and no provider can be sent it."""
+    index = lone_surrogate_at(value)
+    if index is not None:
+        raise invalid(name, lone_surrogate_message(value, index))
+    return value
 
 
 def text(data: dict[str, Any], name: str) -> str:
@@ -81,6 +103,7 @@ def text_or_object(data: dict[str, Any], name: str) -> str | dict[str, Any]:
     if isinstance(value, dict):
         if not value:
             raise invalid(name, "must not be an empty object.")
+        check_depth(value)
         return value
     if value is not None and not isinstance(value, str):
         raise invalid(name, "must be a string or a JSON object.")
@@ -151,15 +174,15 @@ class WritingInput:
 
 def extraction_input(request) -> ExtractionInput:
     data = json_body(request)
-    posting = text(data, "text")
+    posting = check_encodable("text", text(data, "text"))
     check_total("text", posting)
     return ExtractionInput(text=posting, source_url=optional_url(data, "source_url"))
 
 
 def _writing_input(request, *, with_tone: bool) -> WritingInput:
     data = json_body(request)
-    profile = as_text(text_or_object(data, "profile"))
-    job = as_text(text_or_object(data, "job"))
+    profile = check_encodable("profile", as_text(text_or_object(data, "profile")))
+    job = check_encodable("job", as_text(text_or_object(data, "job")))
     check_total("profile + job", profile, job)
     return WritingInput(
         profile=profile,

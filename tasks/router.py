@@ -317,6 +317,14 @@ class Router:
             latency=latency,
             streamed=streamed,
         )
+        if error.error_type == ErrorType.LOCAL:
+            raise TaskError(
+                500,
+                "local_error",
+                f"aditus could not build the request for {candidate.name} ({error.message}), so nothing was sent. "
+                "This is a fault of aditus, not of the provider or the request.",
+                error_type=error.error_type.value,
+            )
         if not error.fallback_ok:
             raise TaskError(
                 422,

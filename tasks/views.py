@@ -13,6 +13,7 @@ the response starts; the `done` event carries the final figure.)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,8 @@ from tasks.services import request_prepare
 InputReader = Callable[[Any], Any]
 RequestBuilder = Callable[[Any], tuple[GenerateRequest, bool]]
 ResultShaper = Callable[[Served, Any], Any]
+
+logger = logging.getLogger(__name__)
 
 DATABASE_UNAVAILABLE = TaskError(
     503,
@@ -109,6 +112,7 @@ async def _handle(
         if not is_unavailable(error):
             raise
         # Preparing, or reserving for a fallback: no provider call was made for what failed.
+        logger.warning("The database is unavailable; answering 503", exc_info=True)
         response = _error_response(call, DATABASE_UNAVAILABLE)
     except TaskError as error:
         response = _error_response(call, error)

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("SKIP_FUZZ") == "1", reason="SKIP
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -200,7 +201,14 @@ def _database():
 def fuzz_server(fake_providers, tmp_path_factory):
     fake_urls = {provider: getattr(fake_providers, attribute) for provider, (_, _, attribute) in FAKE_MODELS.items()}
     with _database() as database_url:
-        env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "1", "LOG_LEVEL": "WARNING"}
+        # The token endpoint's throttle would answer most fuzzed logins with a 429 before their body is read.
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "DEBUG": "1",
+            "LOG_LEVEL": "WARNING",
+            "AUTH_THROTTLE_RATE": "100000/min",
+        }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         python = [sys.executable]
         migrate = [*python, "manage.py", "migrate", "--noinput"]
@@ -348,6 +356,183 @@ def _fuzz(schema, server: Server, identity: str) -> None:
     # A failure the client never sees (one logged after a stream's headers went out, say) counts too.
     log = server.log.read_text(errors="replace")
     assert "Traceback" not in log, server.log_tail(200)
+
+
+# --- hostile input: what a schema does not generate ----------------------------------------------------------------
+
+# Strings that are not text (lone surrogates), control characters (CR/LF, NUL, escapes), digits that are digits only
+# to str.isdigit(), and paths; JSON numbers no field can hold; nesting past any limit.
+LONE_SURROGATES = st.sampled_from(["\ud800", "\udfff", "cut in an emoji \ud83d", "\udc00 starts badly"])
+ODD_TEXT = st.text(st.characters(categories=["Cs", "Cc", "Cf", "No", "Nd", "Zl", "Zp"]), min_size=1, max_size=16)
+NAMED_TEXT = st.sampled_from(
+    ["\r\nX-Injected: 1", "\x00", "\x1b[31m", "../../../admin", "models/../x", "\u00b2", "\u0661\u0662", " ", ""]
+)
+HOSTILE_TEXT = st.one_of(LONE_SURROGATES, ODD_TEXT, NAMED_TEXT)
+HUGE_NUMBERS = st.sampled_from(
+    ["1e400", "-1e400", "1" + "0" * 400, "9" * 5000, "9223372036854775808", "-9223372036854775809", "0.1e-400"]
+)
+DEEP = st.one_of(
+    st.integers(33, 200_000).map(lambda n: "[" * n + "]" * n),
+    st.integers(33, 5_000).map(lambda n: '{"a": ' * n + "1" + "}" * n),
+)
+# A raw JSON value (surrogates escaped as \udXXX, as a browser's JSON.stringify sends them).
+HOSTILE_VALUE = st.one_of(HOSTILE_TEXT.map(json.dumps), HUGE_NUMBERS, DEEP, HOSTILE_TEXT.map(lambda t: json.dumps([t])))
+
+# A valid body per operation, so that a hostile field is judged after the required ones are there.
+VALID_BODIES = {
+    "auth_token_obtain": {"username": "fuzz-user", "password": PASSWORD},
+    "provider_config_create": {
+        "provider_type": "openai",
+        "display_name": "hostile",
+        "model_name": "gpt-4o-mini",
+        "api_key": "sk-fuzz-0001",
+    },
+    "provider_config_update": {
+        "provider_type": "openai",
+        "display_name": "fake openai",
+        "model_name": "gpt-4o-mini",
+        "api_key": "sk-fuzz-0001",
+    },
+    "provider_config_partial_update": {"display_name": "fake openai"},
+    "provider_settings_test": {"provider_type": "openai", "model_name": "gpt-4o-mini", "api_key": "sk-fuzz-0001"},
+    "job_extract": {"text": "Baker wanted in Lyon."},
+    "cv_draft": {"profile": "Ten years of baking.", "job": "Baker"},
+    "cover_letter_generate": {"profile": "Ten years of baking.", "job": "Baker"},
+}
+HOSTILE_QUERIES = {"usage_stats": ["config", "days", "end", "group_by", "model", "provider", "start", "task", "user"]}
+
+
+def _raw_json(body: dict, hostile: dict[str, str]) -> bytes:
+    """`body` as JSON text, with the `hostile` fields' raw JSON values in place of (or besides) its own."""
+    fields = {name: json.dumps(value) for name, value in body.items()} | hostile
+    text = "{" + ", ".join(f"{json.dumps(name)}: {value}" for name, value in fields.items()) + "}"
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _exchange(server: Server, request_head: bytes, parts: list[bytes] = ()) -> tuple[int, bytes]:
+    """Send a request (its head, then the body `parts`), stopping as soon as the server answers; return the status
+    and the answer. A server that answers before the body is in may close the connection under the sender."""
+    import select
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
+        sock.sendall(request_head)
+        for part in parts:
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered already
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        sock.settimeout(60)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or len(answer) < 16:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12]), answer
+
+
+def _head(method: str, path: str, token: str | None, extra: str) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{extra}\r\n".encode()
+
+
+def _operations(schema) -> list[tuple[str, str, dict]]:
+    return [
+        (method.upper(), path, operation)
+        for path, item in schema.raw_schema["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "operationId" in operation
+    ]
+
+
+def _documented(operation: dict, status: int) -> bool:
+    return str(status) in operation.get("responses", {})
+
+
+def _hostile_fuzz(schema, server: Server, identity: str) -> None:
+    """Every operation that takes a JSON body or a query, with hostile values in its fields, and every operation
+    that takes a body, with one over the limit (declared, and streamed without a length): only documented answers,
+    never a 5xx of our own."""
+    failures: list[str] = []
+    for method, path_template, operation in _operations(schema):
+        _hostile_operation(server, identity, method, path_template.replace("{id}", str(SEED_PK)), operation, failures)
+    assert not failures, "\n\n".join(failures)
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log, server.log_tail(200)
+
+
+def _hostile_operation(server: Server, identity: str, method: str, path: str, operation: dict, failures: list) -> None:
+    operation_id = operation["operationId"]
+    token = server.tokens[identity]
+    sender = None if operation_id == "auth_token_obtain" else token
+
+    def check(status: int, answer: bytes, what: str) -> None:
+        if status >= 500 and not (status in (502, 503, 504) and _documented(operation, status)):
+            failures.append(f"{status} from {method} {path} with {what}:\n{answer[:600]!r}")
+        elif not _documented(operation, status) and status != 404:
+            failures.append(f"undocumented {status} from {method} {path} with {what}:\n{answer[:600]!r}")
+
+    if operation_id in VALID_BODIES:
+        body = VALID_BODIES[operation_id]
+        if operation_id in CONFIG_WRITES | {"provider_config_update"}:
+            body = {**body, "base_url": server.fake_urls["openai"]}  # keep configs on the fake providers
+        names = st.sampled_from([*body, "extra"]) | HOSTILE_TEXT.filter(lambda text: text not in body)
+
+        @seed(zlib.crc32(f"{SEED} {identity} hostile {operation_id}".encode()))
+        @FUZZ_SETTINGS
+        @given(hostile=st.dictionaries(names, HOSTILE_VALUE, min_size=1, max_size=2))
+        def run(hostile):
+            raw = _raw_json(body, {json.dumps(name)[1:-1]: value for name, value in hostile.items()})
+            extra = f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+            status, answer = _exchange(server, _head(method, path, sender, extra) + raw)
+            check(status, answer, f"hostile fields {sorted(hostile)!r}")
+
+        run()
+    if operation_id in HOSTILE_QUERIES:
+        from urllib.parse import quote
+
+        values = st.one_of(HOSTILE_TEXT, HUGE_NUMBERS)
+
+        @seed(zlib.crc32(f"{SEED} {identity} hostile query {operation_id}".encode()))
+        @FUZZ_SETTINGS
+        @given(query=st.dictionaries(st.sampled_from(HOSTILE_QUERIES[operation_id]), values, min_size=1, max_size=3))
+        def run_query(query):
+            encoded = "&".join(
+                f"{name}={quote(value.encode('utf-8', 'surrogatepass'), safe='')}" for name, value in query.items()
+            )
+            status, answer = _exchange(server, _head(method, f"{path}?{encoded}", token, ""))
+            check(status, answer, f"hostile query {encoded}")
+
+        run_query()
+    if "requestBody" in operation:
+        media_type = next(iter(operation["requestBody"]["content"]))
+        declared = f"Content-Type: {media_type}\r\nContent-Length: {300 * 1024 * 1024}\r\n"
+        status, answer = _exchange(server, _head(method, path, sender, declared), [b"{" * 65536])
+        check(status, answer, "a declared 300 MB body")
+        if status != 413:
+            failures.append(f"{status}, not 413, from {method} {path} for a declared 300 MB body")
+        streamed = f"Content-Type: {media_type}\r\nTransfer-Encoding: chunked\r\n"
+        chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+        status, answer = _exchange(server, _head(method, path, sender, streamed), [chunk] * 200)
+        check(status, answer, "a 13 MB body streamed without a length")
+        if status != 413:
+            failures.append(f"{status}, not 413, from {method} {path} for a 13 MB streamed body")
+
+
+def test_an_ordinary_user_gets_only_documented_answers_to_hostile_input(fuzz_server, api_schema):
+    _hostile_fuzz(api_schema, fuzz_server, "user")
+
+
+def test_a_verified_superadmin_gets_only_documented_answers_to_hostile_input(fuzz_server, api_schema):
+    _hostile_fuzz(api_schema, fuzz_server, "admin")
 
 
 def test_an_ordinary_user_gets_only_documented_answers(fuzz_server, api_schema):

@@ -18,6 +18,11 @@ MAX_DAYS = 365
 DEFAULT_DAYS = 30
 
 
+# The largest id a database column holds (a signed 64-bit integer); a larger one is nobody's, and SQLite cannot
+# even be asked about it.
+MAX_ID = 2**63 - 1
+
+
 class UsageStatsQuerySerializer(serializers.Serializer):
     """The query string: a range (`days`, or `start` and `end`), exact filters and the `group_by` dimensions.
 
@@ -30,7 +35,7 @@ class UsageStatsQuerySerializer(serializers.Serializer):
     start = serializers.DateField(required=False)
     end = serializers.DateField(required=False)
     provider = serializers.ChoiceField(choices=[t.value for t in ProviderType], required=False)
-    config = serializers.IntegerField(min_value=1, required=False)
+    config = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
     task = serializers.ChoiceField(choices=Task.choices, required=False)
     user = serializers.CharField(max_length=150, required=False, help_text="A user id, or else a username.")
     model = serializers.CharField(max_length=200, required=False)
@@ -60,8 +65,11 @@ class UsageStatsQuerySerializer(serializers.Serializer):
         return values
 
     def validate_user(self, value: str) -> int:
-        # An id is taken as it is: the rollups keep the usage of users deleted since.
-        if value.isdigit():
+        # An id is taken as it is: the rollups keep the usage of users deleted since. ASCII digits only: "²" is a
+        # digit to str.isdigit() but not to int().
+        if value.isascii() and value.isdigit():
+            if int(value) > MAX_ID:
+                raise serializers.ValidationError("No user has this id or username.")
             return int(value)
         user_model = get_user_model()
         user_id = user_model.objects.filter(**{user_model.USERNAME_FIELD: value}).values_list("pk", flat=True).first()

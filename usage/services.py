@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 # about the request. A bad request would fail the same way anywhere, so it does not count. Authentication,
 # permission and unknown-model errors do: a config with a revoked key is skipped for a while instead of costing
 # every request a round trip.
-COOLDOWN_ERROR_TYPES: frozenset[str] = frozenset(ErrorType) - {ErrorType.BAD_REQUEST}
+COOLDOWN_ERROR_TYPES: frozenset[str] = frozenset(ErrorType) - {ErrorType.BAD_REQUEST, ErrorType.LOCAL}
 
 # How often one process sweeps expired reservations from the request path.
 RESERVATION_SWEEP_INTERVAL_SECONDS = 60.0

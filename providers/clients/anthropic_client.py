@@ -39,7 +39,9 @@ from .base import (
     TokenUsage,
     acall_mapped,
     anext_mapped,
+    built_locally,
     call_mapped,
+    local_error,
     next_mapped,
     parse_retry_after,
     provider_error,
@@ -154,7 +156,7 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     error = transport_error(NAME, exc, api_key=api_key, midstream=midstream, sdk=anthropic)
     if error is not None:
         return error
-    return unreadable_error(NAME, exc, api_key=api_key)
+    return local_error(NAME, exc, midstream=midstream) or unreadable_error(NAME, exc, api_key=api_key)
 
 
 class AnthropicClient(PooledSdkClient):
@@ -169,7 +171,7 @@ class AnthropicClient(PooledSdkClient):
             return map_error(exc, api_key=api_key)
 
         messages = self._sdk(endpoint, api_key).messages
-        message = call_mapped(errors, messages.create, **build_params(endpoint, request))
+        message = call_mapped(errors, messages.create, **built_locally(NAME, build_params, endpoint, request))
         return result_from_message(message, request)
 
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
@@ -178,7 +180,8 @@ class AnthropicClient(PooledSdkClient):
 
         sdk, key_headers = self._async_sdk(endpoint, api_key)
         message = await acall_mapped(
-            errors, sdk.messages.create(**build_params(endpoint, request), extra_headers=key_headers)
+            errors,
+            sdk.messages.create(**built_locally(NAME, build_params, endpoint, request), extra_headers=key_headers),
         )
         return result_from_message(message, request)
 
@@ -200,7 +203,9 @@ class AnthropicClient(PooledSdkClient):
             return map_error(exc, api_key=api_key, midstream=True)
 
         messages = self._sdk(endpoint, api_key).messages
-        stream = call_mapped(errors, messages.create, **build_params(endpoint, request), stream=True)
+        stream = call_mapped(
+            errors, messages.create, **built_locally(NAME, build_params, endpoint, request), stream=True
+        )
         usage: dict[str, Any] = {}
         try:
             while (event := next_mapped(midstream_errors, stream)) is not DONE:
@@ -221,7 +226,10 @@ class AnthropicClient(PooledSdkClient):
 
         sdk, key_headers = self._async_sdk(endpoint, api_key)
         stream = await acall_mapped(
-            errors, sdk.messages.create(**build_params(endpoint, request), stream=True, extra_headers=key_headers)
+            errors,
+            sdk.messages.create(
+                **built_locally(NAME, build_params, endpoint, request), stream=True, extra_headers=key_headers
+            ),
         )
         usage: dict[str, Any] = {}
         try:

@@ -34,6 +34,7 @@ class ErrorType(enum.StrEnum):
     UNREACHABLE = "unreachable"  # no answer at all: DNS, refused connection, reset
     BAD_REQUEST = "bad_request"
     MALFORMED_RESPONSE = "malformed_response"
+    LOCAL = "local"  # our side of the wire failed before anything was sent: says nothing about the provider
 
 
 class ProviderError(Exception):
@@ -92,6 +93,15 @@ class BadRequestError(ProviderError):
 
 class MalformedResponseError(ProviderError):
     error_type = ErrorType.MALFORMED_RESPONSE
+
+
+class ClientSideError(ProviderError):
+    """The call failed on our side before anything reached the provider: the request could not be encoded or
+    built (input that should have been refused, or a bug of ours). It says nothing about the provider, so it never
+    counts toward a cooldown; and another provider would fail the same way, so none is tried."""
+
+    error_type = ErrorType.LOCAL
+    fallback_ok = False
 
 
 @dataclass(frozen=True)
@@ -421,6 +431,28 @@ def transport_error(
     if isinstance(exc, connections):
         return connection_error(provider, exc, midstream=midstream)
     return None
+
+
+def local_error(provider: str, exc: BaseException, *, midstream: bool = False) -> ClientSideError | None:
+    """A failure of ours while the SDK built the request, before it was sent; None for anything else.
+
+    Only encoding (UnicodeEncodeError: nothing of a provider's is ever encoded, only what we send) and, before
+    the answer started, a TypeError (an argument the SDK cannot serialise) are ours for sure; the message names the
+    exception's type only, never the text it was given.
+    """
+    if isinstance(exc, UnicodeEncodeError) or (not midstream and isinstance(exc, TypeError)):
+        return ClientSideError(f"{provider}: the request could not be built on our side ({type(exc).__name__})")
+    return None
+
+
+def built_locally(provider: str, function: Callable[..., _T], /, *args: Any) -> _T:
+    """Run our own request-building code (`function(*args)`); any failure is a `ClientSideError`, never the
+    provider's. Raised outside the `except` block, as in `call_mapped`."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        error = ClientSideError(f"{provider}: the request could not be built on our side ({type(exc).__name__})")
+    raise error
 
 
 def unreadable_error(provider: str, exc: BaseException, *, api_key: str) -> ProviderError | None:

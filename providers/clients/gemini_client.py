@@ -44,8 +44,10 @@ from .base import (
     TokenUsage,
     acall_mapped,
     anext_mapped,
+    built_locally,
     call_mapped,
     error_class_for_status,
+    local_error,
     next_mapped,
     parse_retry_after,
     require_key,
@@ -214,7 +216,7 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
     if error is not None:
         return error
     # Bodies that are not JSON (UnknownApiResponseError, json.JSONDecodeError) or not the expected shape.
-    return unreadable_error(NAME, exc, api_key=api_key)
+    return local_error(NAME, exc, midstream=midstream) or unreadable_error(NAME, exc, api_key=api_key)
 
 
 class GeminiClient:
@@ -261,7 +263,7 @@ class GeminiClient:
             return map_error(exc, api_key=api_key)
 
         models = self._sdk(endpoint, api_key).models
-        contents, config = build_contents_and_config(request)
+        contents, config = built_locally(NAME, build_contents_and_config, request)
         response = call_mapped(errors, models.generate_content, model=endpoint.model, contents=contents, config=config)
         return result_from_response(response, request, endpoint.model)
 
@@ -270,7 +272,7 @@ class GeminiClient:
             return map_error(exc, api_key=api_key)
 
         models = self._sdk(endpoint, api_key, for_async=True).aio.models
-        contents, config = build_contents_and_config(request)
+        contents, config = built_locally(NAME, build_contents_and_config, request)
         response = await acall_mapped(
             errors, models.generate_content(model=endpoint.model, contents=contents, config=config)
         )
@@ -292,7 +294,7 @@ class GeminiClient:
             return map_error(exc, api_key=api_key, midstream=bool(state.text_parts))
 
         models = self._sdk(endpoint, api_key).models
-        contents, config = build_contents_and_config(request)
+        contents, config = built_locally(NAME, build_contents_and_config, request)
         chunks = call_mapped(
             errors, models.generate_content_stream, model=endpoint.model, contents=contents, config=config
         )
@@ -325,7 +327,7 @@ class GeminiClient:
             return map_error(exc, api_key=api_key, midstream=bool(state.text_parts))
 
         models = self._sdk(endpoint, api_key, for_async=True).aio.models
-        contents, config = build_contents_and_config(request)
+        contents, config = built_locally(NAME, build_contents_and_config, request)
         responses: list[httpx2.Response] = []
         token = _stream_responses.set(responses)
         try:

@@ -42,7 +42,9 @@ from .base import (
     TokenUsage,
     acall_mapped,
     anext_mapped,
+    built_locally,
     call_mapped,
+    local_error,
     next_mapped,
     parse_retry_after,
     provider_error,
@@ -178,7 +180,7 @@ def map_error(exc: Exception, *, api_key: str, midstream: bool = False) -> Provi
         if kind == "invalid_request_error":
             error_class = BadRequestError
         return provider_error(NAME, error_class, status=None, detail=f"{kind}: {message}", api_key=api_key)
-    return unreadable_error(NAME, exc, api_key=api_key)
+    return local_error(NAME, exc, midstream=midstream) or unreadable_error(NAME, exc, api_key=api_key)
 
 
 class OpenAIClient(PooledSdkClient):
@@ -193,7 +195,7 @@ class OpenAIClient(PooledSdkClient):
             return map_error(exc, api_key=api_key)
 
         sdk = self._sdk(endpoint, api_key)
-        body = build_params(endpoint, request)
+        body = built_locally(NAME, build_params, endpoint, request)
         response = call_mapped(errors, sdk.post, COMPLETIONS_PATH, body=body, cast_to=httpx2.Response)
         return result_from_response(response, request)
 
@@ -202,7 +204,7 @@ class OpenAIClient(PooledSdkClient):
             return map_error(exc, api_key=api_key)
 
         sdk, key_headers = self._async_sdk(endpoint, api_key)
-        body = build_params(endpoint, request)
+        body = built_locally(NAME, build_params, endpoint, request)
         url = _completions_url(str(sdk.base_url))
         response = await acall_mapped(
             errors, sdk.post(url, body=body, cast_to=httpx2.Response, options={"headers": key_headers})
@@ -227,7 +229,7 @@ class OpenAIClient(PooledSdkClient):
             return map_error(exc, api_key=api_key, midstream=True)
 
         completions = self._sdk(endpoint, api_key).chat.completions
-        params = build_params(endpoint, request)
+        params = built_locally(NAME, build_params, endpoint, request)
         stream = call_mapped(errors, completions.create, **params, stream=True, stream_options={"include_usage": True})
         try:
             while (chunk := next_mapped(midstream_errors, stream)) is not DONE:
@@ -247,7 +249,7 @@ class OpenAIClient(PooledSdkClient):
             return map_error(exc, api_key=api_key, midstream=True)
 
         sdk, key_headers = self._async_sdk(endpoint, api_key)
-        params = build_params(endpoint, request)
+        params = built_locally(NAME, build_params, endpoint, request)
         stream = await acall_mapped(
             errors,
             sdk.chat.completions.create(

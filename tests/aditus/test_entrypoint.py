@@ -40,6 +40,7 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "ALLOWED_HOSTS": HOST,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "STATIC_ROOT": str(tmp_path / "static"),
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests stand in for a proxy on this host
         **overrides,
     }
 
@@ -194,3 +195,50 @@ def test_serve_runs_the_built_image_s_steps_end_to_end(tmp_path):
     assert any(line["message"].startswith("Started parent process") for line in lines)
     [probe_line] = [line for line in lines if line["logger"] == "uvicorn.access" and line["request_id"] == "probe-42"]
     assert '"GET /healthz HTTP/1.1" 200' in probe_line["message"]
+
+
+def test_two_workers_share_one_throttle_whatever_x_forwarded_for_says(tmp_path):
+    port = free_port()
+    env = base_env(
+        tmp_path,
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        AUTH_THROTTLE_RATE="5/min",
+        SECURE_SSL_REDIRECT="0",
+        # The proxy is elsewhere: the test client, on loopback, is not trusted to say who the client is.
+        FORWARDED_ALLOW_IPS="10.9.9.9",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    assert run("migrate", env=env).returncode == 0
+    server = subprocess.Popen(
+        [str(ENTRYPOINT), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        wait_until_healthy(port, server)
+        statuses = []
+        for attempt in range(30):
+            # A new connection each time, so that both workers take some; a new name, so no lockout counts.
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                connection.request(
+                    "POST",
+                    "/api/v1/auth/token",
+                    body=json.dumps({"username": f"nobody-{attempt}", "password": "wrong"}),
+                    headers={
+                        "Host": HOST,
+                        "Content-Type": "application/json",
+                        "X-Forwarded-For": f"203.0.113.{attempt}",
+                    },
+                )
+                statuses.append(connection.getresponse().status)
+            finally:
+                connection.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    assert statuses.count(400) == 5 and statuses.count(429) == 25, statuses

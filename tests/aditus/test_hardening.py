@@ -33,6 +33,7 @@ def production_env(**overrides: str) -> dict[str, str]:
         "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "ALLOWED_HOSTS": "aditus.example.com",
         "DATABASE_URL": "sqlite:////tmp/aditus-never-created.sqlite3",
+        "FORWARDED_ALLOW_IPS": "10.0.0.0/8",  # the load balancer's network
         **overrides,
     }
 
@@ -86,6 +87,21 @@ def production_settings(**overrides: str) -> dict:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def test_the_deployment_check_warns_when_proxy_headers_trust_only_the_default_address():
+    env = production_env()
+    del env["FORWARDED_ALLOW_IPS"]
+
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+
+    assert result.returncode != 0
+    assert "aditus.W001" in result.stderr and "FORWARDED_ALLOW_IPS" in result.stderr
+    # Nothing in front of aditus, or a proxy on this host named on purpose: no warning.
+    for quiet in (production_env(PROXY_HEADERS="0"), production_env(FORWARDED_ALLOW_IPS="127.0.0.1")):
+        if "FORWARDED_ALLOW_IPS" not in quiet or quiet.get("PROXY_HEADERS") == "0":
+            quiet.pop("FORWARDED_ALLOW_IPS", None)
+        assert manage("check", "--deploy", "--fail-level", "WARNING", env=quiet).returncode == 0
 
 
 def test_production_defaults_to_https_hsts_and_secure_cookies():
@@ -189,6 +205,76 @@ def test_the_token_endpoint_locks_out_too_and_answers_in_json(api_client, supera
 
 
 # --- throttles
+
+
+@pytest.mark.django_db
+def test_rotating_x_forwarded_for_gets_no_more_attempts_through(api_client, ordinary_user, monkeypatch):
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "3/min"})
+    statuses = []
+    for attempt in range(12):
+        response = api_client.post(
+            TOKEN_URL,
+            {"username": "olivia", "password": "not-the-password"},
+            format="json",
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{attempt}, 198.51.100.{attempt}",
+        )
+        statuses.append(response.status_code)
+
+    assert statuses == [400] * 3 + [429] * 9
+
+
+@pytest.mark.django_db
+def test_throttle_counts_are_kept_where_every_process_reads_them(api_client, ordinary_user, monkeypatch):
+    from django.core.cache import cache
+    from django.db import connection
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "3/min"})
+    for _ in range(2):
+        api_client.post(TOKEN_URL, {"username": "olivia", "password": "wrong"}, format="json")
+
+    # The database cache: a row in its table, which every process and machine of the deployment reads.
+    assert django_settings.CACHES["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT cache_key FROM aditus_cache")
+        keys = [row[0] for row in cursor.fetchall()]
+    assert len(keys) == 1 and "throttle_auth_" in keys[0] and "127.0.0.1" in keys[0]
+    assert len(cache.get(keys[0].split(":", 2)[-1])) == 2
+
+
+@pytest.mark.django_db
+def test_throttle_counts_are_kept_in_redis_when_cache_url_names_it(api_client, ordinary_user, monkeypatch, settings):
+    redis = pytest.importorskip("redis")
+    prefix = f"aditus-test-{secrets.token_hex(4)}"
+    location = "redis://127.0.0.1:6379/0"
+    server = redis.Redis.from_url(location)
+    try:
+        server.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": prefix,
+        }
+    }
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "2/min"})
+    try:
+        statuses = [
+            api_client.post(
+                TOKEN_URL,
+                {"username": "olivia", "password": "wrong"},
+                format="json",
+                HTTP_X_FORWARDED_FOR=f"192.0.2.{n}",
+            ).status_code
+            for n in range(4)
+        ]
+
+        assert statuses == [400, 400, 429, 429]
+        assert len(server.keys(f"{prefix}:*")) == 1
+    finally:
+        for key in server.keys(f"{prefix}:*"):
+            server.delete(key)
 
 
 @pytest.mark.django_db

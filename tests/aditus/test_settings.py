@@ -44,6 +44,7 @@ def test_production_settings_start_with_good_secrets():
         ({"SECRET_KEY": GOOD["SECRET_KEY"]}, "FIELD_ENCRYPTION_KEYS is required"),
         ({**GOOD, "FIELD_ENCRYPTION_KEYS": "not-a-key"}, "FIELD_ENCRYPTION_KEYS: key number 1 is not a valid"),
         ({**GOOD, "DEBUG": "maybe"}, "DEBUG must be a boolean"),
+        ({**GOOD, "CACHE_URL": "memcached://user:hunter2-secret@cache:11211"}, "CACHE_URL must be a redis://"),
     ],
 )
 def test_production_start_up_stops_naming_the_variable(env, named):
@@ -51,6 +52,29 @@ def test_production_start_up_stops_naming_the_variable(env, named):
     assert result.returncode != 0
     assert named in result.stderr
     assert GOOD["SECRET_KEY"] not in result.stderr and GOOD["FIELD_ENCRYPTION_KEYS"] not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "backend"),
+    [
+        (None, "django.core.cache.backends.db.DatabaseCache"),
+        ("redis://127.0.0.1:6379/1", "django.core.cache.backends.redis.RedisCache"),
+    ],
+)
+def test_throttle_counts_go_to_the_database_unless_cache_url_names_redis(cache_url, backend):
+    env = {"DEBUG": "0", **GOOD, **({"CACHE_URL": cache_url} if cache_url else {})}
+    base = {"PATH": os.environ["PATH"], "ADITUS_ENV_FILE": "/dev/null", "DJANGO_SETTINGS_MODULE": "aditus.settings"}
+    code = (
+        "import django; django.setup(); from django.conf import settings; print(settings.CACHES['default']['BACKEND'])"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == backend
 
 
 def test_typed_readers_reject_bad_values(monkeypatch):

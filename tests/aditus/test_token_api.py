@@ -251,6 +251,31 @@ def test_a_token_of_a_user_disabled_later_stops_working(api_client, ordinary_use
     assert "disabled" in response.json()["detail"]
 
 
+def test_changing_the_password_revokes_the_users_tokens(
+    api_client, ordinary_user, ordinary_user_token, superadmin_token
+):
+    ordinary_user.set_password("A-New-Password-For-Olivia-91")
+    ordinary_user.save()
+
+    response = api_client.get(WHOAMI_URL, **bearer(ordinary_user_token))
+
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+    assert ApiToken.objects.filter(user=ordinary_user, revoked_at__isnull=True).count() == 0
+    # Someone else's token is not touched, and the new password earns a new token that works.
+    assert api_client.get(WHOAMI_URL, **bearer(superadmin_token)).status_code == 200
+    new = request_token(api_client, "olivia", password="A-New-Password-For-Olivia-91")
+    assert new.status_code == 201
+    assert api_client.get(WHOAMI_URL, **bearer(new.json()["token"])).status_code == 200
+
+
+def test_saving_a_user_without_a_new_password_keeps_the_tokens(api_client, ordinary_user, ordinary_user_token):
+    ordinary_user.first_name = "Olivia"
+    ordinary_user.save()
+    request_token(api_client, "olivia")  # a login updates last_login
+
+    assert api_client.get(WHOAMI_URL, **bearer(ordinary_user_token)).status_code == 200
+
+
 def test_it_throttles_token_requests(api_client, ordinary_user, monkeypatch):
     # DRF copies the rates into the throttle class at import, so override_settings cannot reach them.
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "auth": "3/min"})

@@ -175,3 +175,87 @@ def test_the_form_test_names_invalid_fields(superadmin_session_client, fake_prov
         f"{CHANGELIST}test-credentials/", form_data(fake_providers, base_url="http://example.com/")
     )
     assert response.status_code == 400 and "base_url" in response.json()["errors"]
+
+
+@pytest.fixture
+def other_host():
+    """A loopback port that listens and records nothing but whether anything connected: another host's URL."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+
+        def connected() -> bool:
+            try:
+                connection, _ = listener.accept()
+            except BlockingIOError:
+                return False
+            connection.close()
+            return True
+
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/gemini", connected
+
+
+def test_testing_an_unsaved_new_host_with_the_stored_key_is_refused(
+    superadmin_session_client, config, fake_providers, other_host
+):
+    url, connected = other_host
+
+    response = superadmin_session_client.post(
+        f"{CHANGELIST}{config.pk}/test-credentials/",
+        form_data(fake_providers, new_api_key="", display_name="Existing", base_url=url),
+    )
+
+    assert response.status_code == 400
+    [error] = response.json()["errors"]["new_api_key"]
+    assert "Enter the key again" in error["message"] and "127.0.0.1" in error["message"]
+    assert not connected()
+    assert KEY not in response.content.decode()
+
+
+def test_saving_a_new_host_without_the_key_is_refused_and_with_it_allowed(
+    superadmin_session_client, config, fake_providers, other_host
+):
+    url, _ = other_host
+    change = f"{CHANGELIST}{config.pk}/change/"
+
+    refused = superadmin_session_client.post(
+        change, form_data(fake_providers, new_api_key="", display_name="Existing", base_url=url)
+    )
+    assert refused.status_code == 200 and "Enter the key again" in refused.content.decode()
+    config.refresh_from_db()
+    assert config.base_url == fake_providers.gemini_base_url
+
+    same_host = fake_providers.gemini_base_url.rstrip("/") + "/"
+    saved = superadmin_session_client.post(
+        change, form_data(fake_providers, new_api_key="", display_name="Existing", base_url=same_host)
+    )
+    assert saved.status_code == 302  # another path on the same host keeps the key
+    saved = superadmin_session_client.post(
+        change, form_data(fake_providers, new_api_key=KEY + "-2", display_name="Existing", base_url=url)
+    )
+    assert saved.status_code == 302
+    config.refresh_from_db()
+    assert (config.base_url, config.reveal_api_key()) == (url, KEY + "-2")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("new_api_key", "AIza-key\r\nX-Injected: 1"),
+        ("new_api_key", "AIza-kéy-0001"),
+        ("model_name", "../../../admin"),
+        ("model_name", "models/../../admin"),
+        ("base_url", "https://proxy.example.com:99999/v1"),
+    ],
+)
+def test_the_form_names_keys_models_and_urls_that_cannot_be_sent(
+    superadmin_session_client, fake_providers, field, value
+):
+    response = superadmin_session_client.post(
+        f"{CHANGELIST}test-credentials/", form_data(fake_providers, **{field: value})
+    )
+
+    assert response.status_code == 400 and list(response.json()["errors"]) == [field]

@@ -239,13 +239,14 @@ def test_testing_a_saved_config_records_the_result(admin_client, saved_config):
     [
         ({"api_key": "AIza-revoked-key-000000000"}, "authentication"),
         ({"model_name": "gemini-0.1-imaginary"}, "model_not_found"),
-        ({"base_url": "http://127.0.0.1:9/gemini"}, "unreachable"),
+        # A new host needs the key entered again.
+        ({"base_url": "http://127.0.0.1:9/gemini", "api_key": GEMINI_KEY}, "unreachable"),
     ],
 )
 def test_a_failing_saved_config_answers_200_with_the_error_and_records_it(
     admin_client, saved_config, change, error_type
 ):
-    admin_client.patch(detail_url(saved_config.pk), change, format="json")
+    assert admin_client.patch(detail_url(saved_config.pk), change, format="json").status_code == 200
     response = admin_client.post(f"{detail_url(saved_config.pk)}/test")
 
     assert response.status_code == 200
@@ -352,3 +353,101 @@ def test_every_endpoint_refuses_outsiders_and_admits_a_verified_superadmin(
 def test_a_verified_admin_session_works_too(superadmin_session_client, gemini_body):
     response = superadmin_session_client.post(LIST_URL, gemini_body, content_type="application/json")
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "AIza-key\r\nX-Injected: 1",
+        "AIza-key\nsecond-line",
+        "AIza-key\x00nul",
+        "AIza-key\x7fdel",
+        "AIza-kéy-0001",
+        "AIza key with spaces",
+    ],
+)
+def test_it_refuses_api_keys_that_cannot_go_into_a_header(admin_client, gemini_body, saved_config, key):
+    for url, method in [(LIST_URL, admin_client.post), (TEST_NEW_URL, admin_client.post)]:
+        response = method(url, {**gemini_body, "display_name": "Other", "api_key": key}, format="json")
+        assert response.status_code == 400 and list(response.json()) == ["api_key"], response.content
+    response = admin_client.patch(detail_url(saved_config.pk), {"api_key": key}, format="json")
+    assert response.status_code == 400 and list(response.json()) == ["api_key"]
+    saved_config.refresh_from_db()
+    assert saved_config.reveal_api_key() == GEMINI_KEY
+
+
+@pytest.mark.parametrize("base_url", ["https://proxy.example.com:99999/v1", "https://proxy.example.com:0/v1"])
+def test_it_refuses_a_base_url_with_an_impossible_port(admin_client, gemini_body, base_url):
+    response = admin_client.post(LIST_URL, {**gemini_body, "base_url": base_url}, format="json")
+
+    assert response.status_code == 400 and list(response.json()) == ["base_url"], response.content
+    assert "65535" in response.json()["base_url"][0]
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "model_name"),
+    [
+        ("gemini", "../../../admin"),
+        ("gemini", "models/../../admin"),
+        ("gemini", "gemini-2.5-flash/../../x"),
+        ("gemini", "gemini 2.5"),
+        ("gemini", "gemini-2.5\t-flash"),
+        ("gemini", "gemini\x00flash"),
+        ("gemini", "gemini-2.5-flash?key=x"),
+        ("openai", "models/gpt-4o-mini"),  # Gemini's prefix, a path anywhere else
+        ("openai", "gpt-4o..mini"),
+    ],
+)
+def test_it_refuses_model_names_that_are_not_model_ids(admin_client, gemini_body, provider_type, model_name):
+    body = {**gemini_body, "provider_type": provider_type, "model_name": model_name}
+
+    for url in (LIST_URL, TEST_NEW_URL):
+        response = admin_client.post(url, body, format="json")
+        assert response.status_code == 400 and list(response.json()) == ["model_name"], response.content
+    assert not ProviderConfig.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "model_name"),
+    [
+        ("gemini", "models/gemini-2.5-flash"),
+        ("gemini", "gemma-4-31b-it"),
+        ("openai", "gpt-4o-mini-2024-07-18"),
+        ("openai", "ft:gpt-4o-mini:acme:custom_suffix:abc123"),
+        ("claude", "claude-3-5-sonnet@20240620"),
+    ],
+)
+def test_it_accepts_the_model_ids_providers_use(admin_client, gemini_body, provider_type, model_name):
+    body = {**gemini_body, "provider_type": provider_type, "model_name": model_name, "base_url": ""}
+
+    response = admin_client.post(LIST_URL, body, format="json")
+
+    assert response.status_code == 201, response.content
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_url": "https://proxy.example.com/gemini"},
+        {"base_url": ""},  # back to Google's own API
+        {"provider_type": "openai", "model_name": "gpt-4o-mini", "base_url": ""},
+        {"base_url": "http://127.0.0.1:9/gemini"},  # another port of the same host is another server
+    ],
+)
+def test_a_new_host_for_a_stored_key_needs_the_key_again(admin_client, saved_config, change):
+    before = saved_config.base_url
+
+    response = admin_client.patch(detail_url(saved_config.pk), change, format="json")
+
+    assert response.status_code == 400 and list(response.json()) == ["api_key"], response.content
+    assert "Enter the key again" in response.json()["api_key"][0]
+    saved_config.refresh_from_db()
+    assert (saved_config.base_url, saved_config.provider_type) == (before, "gemini")
+    again = admin_client.patch(detail_url(saved_config.pk), {**change, "api_key": GEMINI_KEY}, format="json")
+    assert again.status_code == 200, again.content
+
+
+def test_the_same_host_with_another_path_keeps_the_stored_key(admin_client, saved_config):
+    response = admin_client.patch(detail_url(saved_config.pk), {"base_url": saved_config.base_url + "/"}, format="json")
+
+    assert response.status_code == 200, response.content

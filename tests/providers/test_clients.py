@@ -26,7 +26,9 @@ from providers.clients.anthropic_client import usage_from_raw as anthropic_usage
 from providers.clients.base import (
     AuthenticationError,
     BadRequestError,
+    ClientSideError,
     Endpoint,
+    ErrorType,
     GenerateRequest,
     GenerateResult,
     ImageInput,
@@ -442,6 +444,39 @@ def test_an_unreachable_endpoint_is_unreachable(case, mode):
 
     assert [type(error) for error in errors] == [ProviderUnreachableError] * 3
     assert all("could not connect" in str(error) for error in errors)
+
+
+# The OpenAI and Anthropic SDKs encode the request body as UTF-8 themselves; google-genai escapes it as ASCII JSON
+# (so a lone surrogate does reach Google, as `\ud800`, and its answer is Google's to give).
+ENCODING_SDKS = [case for case in CASES if case.type is not ProviderType.GEMINI]
+
+
+@pytest.mark.parametrize("case", ENCODING_SDKS, ids=lambda case: case.type.value)
+@pytest.mark.parametrize("call", ["sync", "async", "stream", "astream"])
+def test_text_that_cannot_be_encoded_fails_on_our_side_before_anything_is_sent(case, call):
+    # A closed port: had anything been sent, the error would say the provider is unreachable.
+    endpoint = Endpoint(case.type, case.model, base_url=f"http://127.0.0.1:{closed_port()}/x", timeout=2)
+    request = dataclasses.replace(REQUEST, user_text="cut in the middle of an emoji \ud83d")
+
+    if call in ("sync", "async"):
+        error = failure(lambda: generate(case, endpoint, request, call))
+    else:
+        error = failure(lambda: stream_events(case, endpoint, request, "async" if call == "astream" else "sync"))
+
+    assert type(error) is ClientSideError
+    assert (error.error_type, error.fallback_ok, error.status_code) == (ErrorType.LOCAL, False, None)
+    assert "UnicodeEncodeError" in str(error) and "ud83d" not in str(error)
+
+
+@MODES
+def test_a_request_our_code_cannot_build_fails_on_our_side(case, mode):
+    endpoint = Endpoint(case.type, case.model, base_url=f"http://127.0.0.1:{closed_port()}/x", timeout=2)
+    # A schema holding something JSON cannot represent: a bug of ours, whatever the provider.
+    request = dataclasses.replace(REQUEST, json_schema={"type": "object", "enum": {object()}})
+
+    error = failure(lambda: generate(case, endpoint, request, mode))
+
+    assert type(error) is ClientSideError and not error.fallback_ok
 
 
 def test_a_body_cut_short_is_a_lost_connection(case, fake_providers):
@@ -916,3 +951,14 @@ def test_scrubbing_removes_keys_pieces_of_keys_and_masked_keys():
     text = f"bad {key}; echo sk-proj-Zq8X...; masked sk-proj-****m2Nb; piece P0sLm2Nb! fine words"
 
     assert scrub_secret(text, key) == "bad [redacted]; echo [redacted] masked [redacted] piece [redacted] fine words"
+
+
+def test_the_validators_know_where_each_client_sends_a_key_without_a_base_url():
+    from providers.clients import anthropic_client, gemini_client, openai_client
+    from providers.validators import DEFAULT_BASE_URLS
+
+    assert DEFAULT_BASE_URLS == {
+        ProviderType.OPENAI: openai_client.DEFAULT_BASE_URL,
+        ProviderType.CLAUDE: anthropic_client.DEFAULT_BASE_URL,
+        ProviderType.GEMINI: gemini_client.DEFAULT_BASE_URL,
+    }

@@ -126,6 +126,17 @@ def usage_rows(**filters) -> list:
     return list(UsageRecord.objects.filter(**filters).order_by("request_id", "attempt"))
 
 
+@pytest.fixture(autouse=True)
+def _thread_work_done_before_the_next_test():
+    """Work a test's calls left running in the database threads (a sweep of expired reservations started in the
+    background) ends before the next test touches the database: on SQLite's shared-cache test database a second
+    writer fails at once instead of waiting."""
+    yield
+    from runtime import threads
+
+    threads.executor().submit(lambda: None).result(timeout=30)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _release_thread_pool_connections(django_db_setup):
     """Let the test database be dropped at the end: the views' database threads each opened a connection, which

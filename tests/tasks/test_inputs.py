@@ -100,6 +100,48 @@ def test_a_body_that_is_not_a_json_object_is_refused(path, auth):
     refused(call(path, {"text": "x"}, headers=auth, content_type="text/plain"), 415, mentions="application/json")
 
 
+LONE_SURROGATES = [
+    pytest.param(EXTRACT, r'{"text": "A job, cut in an emoji \ud83d"}', "text", id="extraction-text"),
+    pytest.param(CV_DRAFT, r'{"profile": "\udc00 Me", "job": "A job"}', "profile", id="draft-profile"),
+    pytest.param(COVER_LETTER, r'{"profile": "Me", "job": {"title": ["Dev \ud800"]}}', "job", id="letter-job-object"),
+    pytest.param(COVER_LETTER, r'{"profile": {"n\udfffame": "Ada"}, "job": "A job"}', "profile", id="letter-key"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), LONE_SURROGATES)
+def test_a_lone_surrogate_in_a_text_field_is_refused_naming_it_before_any_provider_is_tried(path, body, field, auth):
+    from usage.models import ProviderCooldown
+
+    for _ in range(4):  # more than PROVIDER_COOLDOWN_FAILURES: nothing may count against the provider
+        error = refused(call(path, body, headers=auth), 400, field=field, mentions="lone surrogate")
+
+    assert "UTF-8" in error["message"]
+    assert not ProviderCooldown.objects.exists()
+
+
+@pytest.mark.parametrize("path", [EXTRACT, CV_DRAFT, COVER_LETTER])
+def test_json_nested_too_deeply_is_a_400_without_a_traceback(path, auth, caplog):
+    deep_body = '{"text": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    deep_profile = '{"profile": {"a": ' + "[" * 40 + '"x"' + "]" * 40 + '}, "job": "A job"}'
+
+    refused(call(path, deep_body, headers=auth), 400, mentions="nested too deeply")
+    if path != EXTRACT:
+        refused(call(path, deep_profile, headers=auth), 400, mentions="nested too deeply")
+
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in caplog.text
+
+
+def test_an_object_as_deep_as_the_limit_is_accepted(auth):
+    from tasks.inputs import MAX_JSON_DEPTH
+
+    nested: object = "Ada"
+    for _ in range(MAX_JSON_DEPTH - 1):
+        nested = {"a": nested}
+
+    assert call(CV_DRAFT, {"profile": nested, "job": "A job"}, headers=auth).status_code == 200
+
+
 def test_an_oversized_json_body_is_a_413(auth, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
     error = refused(call(EXTRACT, {"text": "x" * 3000}, headers=auth), 413, mentions="DATA_UPLOAD_MAX_MEMORY_SIZE")

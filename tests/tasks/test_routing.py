@@ -315,7 +315,8 @@ def test_fifty_concurrent_calls_never_exceed_a_limit_that_admits_ten(with_fallba
     user_text = prompts.cover_letter_text(
         profile=LETTER["profile"], job=LETTER["job"], tone="professional", language="en"
     )
-    estimate = -(-(len(prompts.COVER_LETTER_SYSTEM) + len(user_text)) // 4) + 100
+    # What tasks.selectors.estimate_tokens reserves: the prompt's UTF-8 bytes and the output cap.
+    estimate = len((prompts.COVER_LETTER_SYSTEM + user_text).encode()) + 100
     limit = 10 * estimate + estimate // 2
     # Slow answers keep all ten reservations in flight while the other forty ask.
     limited = task_config("openai", priority=1, daily_token_limit=limit, key_suffix="~latency=700")

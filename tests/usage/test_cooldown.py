@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 
 from providers.clients.base import TokenUsage
 from providers.models import ProviderConfig
-from usage.models import ProviderCooldown
+from usage.models import ProviderCooldown, UsageRecord
 from usage.services import (
     attempt_record,
     configs_cooling_down,
@@ -94,6 +94,15 @@ def test_a_bad_request_does_not_count_toward_a_cooldown(provider_config):
     assert not ProviderCooldown.objects.exists()
 
 
+def test_a_failure_on_our_side_of_the_wire_never_counts_toward_a_cooldown(provider_config):
+    config = provider_config()
+
+    for _ in range(5):
+        assert provider_failure_note(config_id=config.pk, error_type="local", now=NOON) == 0
+
+    assert not ProviderCooldown.objects.exists()
+
+
 def test_a_success_between_failures_starts_the_count_again(provider_config):
     config = provider_config()
     provider_failure_note(config_id=config.pk, error_type="timeout", now=NOON)
@@ -143,6 +152,7 @@ def test_recorded_attempts_drive_the_cooldown(provider_config):
 
     attempt("error", "unavailable")
     attempt("error", "bad_request")  # the request's fault: not counted
+    attempt("error", "local")  # ours, before anything was sent: not counted
     attempt("aborted")  # the client went away: says nothing about the provider
     attempt("error", "authentication")
     assert ProviderCooldown.objects.get().consecutive_failures == 2
@@ -151,6 +161,7 @@ def test_recorded_attempts_drive_the_cooldown(provider_config):
     for _ in range(3):
         attempt("error", "timeout")
 
+    assert UsageRecord.objects.filter(error_type="local").count() == 1
     assert configs_cooling_down(config_ids=[config.pk], now=NOON) == {config.pk}
 
 

@@ -26,6 +26,7 @@ NO_ERRORS = {
     "unreachable": 0,
     "bad_request": 0,
     "malformed_response": 0,
+    "local": 0,
     "invalid_output": 0,
     "aborted": 0,
     "unsettled": 0,
@@ -405,6 +406,10 @@ def test_statistics_read_the_rollups_never_the_usage_rows(superadmin_api_client,
         ({"config": "0"}, "config"),
         ({"task": "poetry"}, "task"),
         ({"user": "nobody-by-this-name"}, "user"),
+        ({"user": "\u00b2"}, "user"),  # a digit to str.isdigit(), not to int()
+        ({"user": "\u0661\u0662"}, "user"),  # Arabic-Indic digits
+        ({"user": str(2**63)}, "user"),  # no database id is this large
+        ({"config": str(2**63)}, "config"),
         ({"group_by": "provider,week"}, "group_by"),
         ({"groupby": "provider"}, "groupby"),
         ({"provider": ["openai", "claude"]}, "provider"),
@@ -415,6 +420,13 @@ def test_a_bad_parameter_is_a_400_naming_it(superadmin_api_client, params, named
 
     assert response.status_code == 400, response.content
     assert named in response.json(), response.json()
+
+
+def test_a_superscript_digit_in_the_query_string_is_a_400_naming_the_user(superadmin_api_client):
+    response = superadmin_api_client.get(URL + "?user=%C2%B2")
+
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["user"]
 
 
 def test_the_longest_range_is_366_days(superadmin_api_client):

@@ -72,11 +72,12 @@ class Command(BaseCommand):
             raise CommandError(" ".join(error.messages)) from None
 
         with transaction.atomic():
+            # Revoked here to count them; saving the new password would revoke them anyway (aditus.signals).
+            revoked = api_tokens_revoke_for_user(user=user) if user.pk else 0
             user.set_password(password)
             user.save()
             _, deleted = TOTPDevice.objects.filter(user=user).delete()
             replaced = deleted.get(TOTPDevice._meta.label, 0)
-            revoked = api_tokens_revoke_for_user(user=user)
             device = TOTPDevice.objects.create(
                 user=user, name=DEVICE_NAME, confirmed=True, **({"key": key} if key else {})
             )
