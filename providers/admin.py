@@ -6,13 +6,14 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from aditus.permissions import SuperAdminOnlyAdminMixin
 from providers import services
 from providers.forms import ProviderConfigAdminForm
 from providers.models import TASK_FLAGS, ProviderConfig, Task
 
 
 @admin.register(ProviderConfig)
-class ProviderConfigAdmin(admin.ModelAdmin):
+class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     form = ProviderConfigAdminForm
     change_form_template = "admin/providers/providerconfig/change_form.html"
     list_display = [

@@ -1,13 +1,14 @@
 from django.contrib import admin
 from django.urls import path
 
+from aditus.permissions import SuperAdminOnlyAdminMixin
 from usage import dashboard
 from usage.alerts import alerts_requeue
 from usage.models import BudgetAlert, BudgetPolicy, UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     """The attempt log: read-only, and cheap on a table that grows by a row per provider call."""
 
     list_display = [
@@ -54,7 +55,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(admin.ModelAdmin):
+class BudgetAlertAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     """Budget alerts and their delivery: read-only; failed ones can be queued again."""
 
     list_display = [
@@ -97,7 +98,7 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(BudgetPolicy)
-class BudgetPolicyAdmin(admin.ModelAdmin):
+class BudgetPolicyAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     """Per-config alert thresholds; configs without one use BUDGET_ALERT_THRESHOLDS."""
 
     list_display = ["provider_config", "alert_thresholds"]
