@@ -1,15 +1,20 @@
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from aditus.permissions import SuperAdminOnlyAdminMixin
 from providers import services
 from providers.forms import ProviderConfigAdminForm
 from providers.models import TASK_FLAGS, ProviderConfig, Task
+
+# The form fields a credential test depends on: a change to any of them makes the test one of unsaved settings.
+TESTED_FORM_FIELDS = ("provider_type", "model_name", "new_api_key", "base_url", "request_timeout_seconds")
 
 
 @admin.register(ProviderConfig)
@@ -105,11 +110,18 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     def masked_key(self, config: ProviderConfig) -> str:
         return config.masked_key
 
-    @admin.display(description="last test")
+    @admin.display(description="last test", ordering="last_tested_at")
     def last_test(self, config: ProviderConfig) -> str:
         if config.last_test_ok is None:
-            return "never"
-        return "ok" if config.last_test_ok else f"failed: {config.last_test_error}"
+            return format_html('<span class="last-test-never">never</span>')
+        when = naturaltime(config.last_tested_at) if config.last_tested_at else ""
+        if config.last_test_ok:
+            return format_html('<span class="last-test-ok" title="{}">✔ ok</span>', when)
+        # The error type only; the whole message is in the title, for the list to stay narrow.
+        kind = config.last_test_error.split(":", 1)[0]
+        return format_html(
+            '<span class="last-test-failed" title="{}: {}">✖ failed ({})</span>', when, config.last_test_error, kind
+        )
 
     def save_model(self, request, obj, form, change):
         rotated = change and bool(form.cleaned_data.get("new_api_key")) and "new_api_key" in form.changed_data
@@ -150,9 +162,14 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
         ]
 
     def test_form_view(self, request, pk: int | None = None):
-        """Test what is typed into the form, without saving anything. Answers JSON for the form's script."""
+        """Test what is typed into the form, without saving anything. Answers JSON for the form's script.
+
+        On a saved config's form the test is audited against the config, and recorded on it when the form has no
+        unsaved change to what the test depends on (services.provider_config_form_test).
+        """
         instance = get_object_or_404(ProviderConfig, pk=pk) if pk else None
-        if not self.has_change_permission(request, instance) and not self.has_add_permission(request):
+        allowed = self.has_change_permission(request, instance) if instance else self.has_add_permission(request)
+        if not allowed:
             return JsonResponse({"ok": False, "message": "Permission denied."}, status=403)
         form = ProviderConfigAdminForm(request.POST, instance=instance)
         # Uniqueness of the name is a question for "Save", not for a credential test.
@@ -162,15 +179,29 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
             if errors:
                 return JsonResponse({"ok": False, "message": "Fix the form first.", "errors": errors}, status=400)
         data = form.cleaned_data
-        result = services.provider_settings_test(
-            user=request.user,
-            provider_type=data["provider_type"],
-            model_name=data["model_name"],
-            api_key=form.api_key_for_test(),
-            base_url=data.get("base_url", ""),
-            timeout=float(data.get("request_timeout_seconds") or 30),
-            display_name=data.get("display_name") or (str(instance) if instance else ""),
-        )
+        tested = {
+            "provider_type": data["provider_type"],
+            "model_name": data["model_name"],
+            "base_url": data.get("base_url", ""),
+            "timeout": float(data.get("request_timeout_seconds") or 30),
+        }
+        if instance is None:
+            result = services.provider_settings_test(
+                user=request.user,
+                api_key=data["new_api_key"],
+                display_name=data.get("display_name") or "",
+                **tested,
+            )
+        else:
+            result = services.provider_config_form_test(
+                config=instance,
+                user=request.user,
+                api_key=data.get("new_api_key") or None,
+                unsaved_changes=[
+                    str(form.fields[name].label) for name in TESTED_FORM_FIELDS if name in form.changed_data
+                ],
+                **tested,
+            )
         return JsonResponse(result.as_dict())
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
@@ -185,3 +216,4 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
 
     class Media:
         js = ["providers/test_credentials.js"]
+        css = {"all": ["providers/provider_admin.css"]}

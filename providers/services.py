@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 KEY_FIELD = "api_key"
 
+# A stored key that no FIELD_ENCRYPTION_KEYS key decrypts (an encryption key removed too early, or rotated in the
+# wrong order): every credential test reports it the same way, as a failed test, never as a server error.
+DECRYPTION_ERROR_TYPE = "decryption"
+UNDECRYPTABLE_KEY_MESSAGE = (
+    "The stored API key cannot be decrypted with the current FIELD_ENCRYPTION_KEYS; re-enter the key, or restore "
+    "the encryption key that encrypted it."
+)
+
 
 @dataclass(frozen=True)
 class CredentialTestResult:
@@ -130,9 +138,18 @@ def provider_config_delete(*, config: ProviderConfig, user) -> None:
     audit_log(user=user, config=config, action_flag=DELETION, message="Deleted.", repr_=repr_)
 
 
+def _stored_key_check(*, config: ProviderConfig, endpoint: Endpoint) -> CredentialTestResult:
+    """Check `endpoint` with the config's stored key; a key that cannot be decrypted is a failed test."""
+    try:
+        api_key = config.reveal_api_key()
+    except DecryptionError:
+        return CredentialTestResult(ok=False, error_type=DECRYPTION_ERROR_TYPE, message=UNDECRYPTABLE_KEY_MESSAGE)
+    return provider_credentials_check(endpoint=endpoint, api_key=api_key)
+
+
 def provider_config_test(*, config: ProviderConfig, user) -> CredentialTestResult:
     """Test a saved config's credentials, record the result on it and in the audit log."""
-    result = provider_credentials_check(endpoint=config.endpoint(), api_key=config.reveal_api_key())
+    result = _stored_key_check(config=config, endpoint=config.endpoint())
     config.record_test(ok=result.ok, error="" if result.ok else f"{result.error_type}: {result.message}")
     audit_log(user=user, config=config, action_flag=CHANGE, message=f"Tested credentials: {result.summary}.")
     logger.info("credential test config=%s result=%s", config.pk, result.summary)
@@ -166,6 +183,44 @@ def provider_settings_test(
         repr_=f"{label} (unsaved)",
     )
     logger.info("credential test unsaved provider=%s result=%s", provider_type, result.summary)
+    return result
+
+
+def provider_config_form_test(
+    *,
+    config: ProviderConfig,
+    user,
+    provider_type: str,
+    model_name: str,
+    api_key: str | None,
+    base_url: str = "",
+    timeout: float = 30.0,
+    unsaved_changes: list[str],
+) -> CredentialTestResult:
+    """Test a saved config's change form as typed (`api_key` None: the stored key); audited against the config.
+
+    Without unsaved changes to what a test depends on, this is `provider_config_test`: the result is recorded on
+    the config. With some, the result describes settings that are not saved, so it goes into the config's history
+    naming the changed fields, and the config's last-test columns keep describing its saved settings.
+    """
+    if not unsaved_changes:
+        return provider_config_test(config=config, user=user)
+    endpoint = Endpoint(
+        provider_type=ProviderType(provider_type), model=model_name, base_url=base_url or None, timeout=timeout
+    )
+    if api_key:
+        result = provider_credentials_check(endpoint=endpoint, api_key=api_key)
+    else:
+        result = _stored_key_check(config=config, endpoint=endpoint)
+    audit_log(
+        user=user,
+        config=config,
+        action_flag=CHANGE,
+        message=f"Tested credentials with unsaved changes ({', '.join(unsaved_changes)}): {result.summary}.",
+    )
+    logger.info(
+        "credential test config=%s unsaved_changes=%d result=%s", config.pk, len(unsaved_changes), result.summary
+    )
     return result
 
 
