@@ -12,9 +12,7 @@ DAY = "2026-03-10"
 
 
 def config_groups(client) -> list[tuple[dict, int]]:
-    response = client.get(
-        "/api/v1/super-admin/providers/usage/stats", {"start": DAY, "end": DAY, "group_by": "config"}
-    )
+    response = client.get("/api/v1/super-admin/providers/usage/stats", {"start": DAY, "end": DAY, "group_by": "config"})
     assert response.status_code == 200
     return [(group["config"], group["calls"]) for group in response.json()["groups"]]
 
