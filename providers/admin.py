@@ -1,18 +1,23 @@
+import json
+
 from django.contrib import admin, messages
-from django.contrib.admin.models import CHANGE
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.db.models import BigIntegerField, Exists, Max, OuterRef, Q
+from django.db.models.functions import Cast
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from aditus.permissions import SuperAdminOnlyAdminMixin
 from providers import services
 from providers.forms import ProviderConfigAdminForm
-from providers.models import TASK_FLAGS, ProviderConfig, Task
+from providers.models import TASK_FLAGS, AuditEntry, ProviderConfig, Task
 
 # The form fields a credential test depends on: a change to any of them makes the test one of unsaved settings.
 TESTED_FORM_FIELDS = ("provider_type", "model_name", "new_api_key", "base_url", "request_timeout_seconds")
@@ -133,6 +138,18 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
         if rotated:
             services.audit_log(user=request.user, config=obj, action_flag=CHANGE, message="Rotated the API key.")
 
+    def construct_change_message(self, request, form, formsets, add=False):
+        """Django's message, with the old and new value of each changed field but the key (see the audit page)."""
+        if add or not form.changed_data:
+            return super().construct_change_message(request, form, formsets, add)
+        changes = {
+            name: (form.initial.get(name), form.cleaned_data.get(name))
+            for name in form.changed_data
+            if name != "new_api_key"
+        }
+        secret = ["api_key"] if "new_api_key" in form.changed_data else []
+        return services.change_message(changes=changes, secret_fields=secret)
+
     # Actions -------------------------------------------------------------------------------------------------
 
     @admin.action(description="Test credentials")
@@ -218,3 +235,152 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     class Media:
         js = ["providers/test_credentials.js"]
         css = {"all": ["providers/provider_admin.css"]}
+
+
+# The audit log ------------------------------------------------------------------------------------------------
+
+# What an audit entry records, told from its flag and its message (providers.services writes the messages).
+AUDIT_ACTIONS = {
+    "created": "created",
+    "updated": "updated",
+    "deleted": "deleted",
+    "tested": "credentials tested",
+    "rotated": "key rotated",
+}
+
+
+def audit_action(entry: LogEntry) -> str:
+    """The kind of an entry: one of AUDIT_ACTIONS."""
+    message = entry.change_message
+    if entry.action_flag == ADDITION:
+        return "created"
+    if entry.action_flag == DELETION:
+        return "deleted"
+    if message.startswith("Rotated the API key") or message.startswith("Tested a new API key"):
+        return "rotated"
+    if message.startswith("Tested"):
+        return "tested"
+    return "updated"
+
+
+def _audit_action_filter(action: str) -> Q:
+    rotated = Q(change_message__startswith="Rotated the API key") | Q(change_message__startswith="Tested a new API key")
+    if action == "created":
+        return Q(action_flag=ADDITION)
+    if action == "deleted":
+        return Q(action_flag=DELETION)
+    if action == "rotated":
+        return Q(action_flag=CHANGE) & rotated
+    if action == "tested":
+        return Q(action_flag=CHANGE, change_message__startswith="Tested") & ~rotated
+    return Q(action_flag=CHANGE) & ~rotated & ~Q(change_message__startswith="Tested")
+
+
+class AuditActionFilter(admin.SimpleListFilter):
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        return list(AUDIT_ACTIONS.items())
+
+    def queryset(self, request, queryset):
+        if self.value() in AUDIT_ACTIONS:
+            return queryset.filter(_audit_action_filter(self.value()))
+        return queryset
+
+
+class AuditConfigFilter(admin.SimpleListFilter):
+    """Each config that has entries, deleted ones included (under the name their last entry gives them)."""
+
+    title = "configuration"
+    parameter_name = "config"
+    UNSAVED = "unsaved"
+
+    def lookups(self, request, model_admin):
+        entries = model_admin.get_queryset(request)
+        last = entries.exclude(object_id=None).values("object_id").annotate(last=Max("pk")).values("last")
+        names = dict(entries.filter(pk__in=last).values_list("object_id", "object_repr"))
+        ids = [int(object_id) for object_id in names if object_id.isdigit()]
+        live = {str(pk) for pk in ProviderConfig.objects.filter(pk__in=ids).values_list("pk", flat=True)}
+        choices = sorted(
+            ((object_id, name if object_id in live else f"{name} (deleted)") for object_id, name in names.items()),
+            key=lambda choice: (choice[0] not in live, choice[1].lower()),
+        )
+        return [*choices, (self.UNSAVED, "tests of unsaved settings")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == self.UNSAVED:
+            return queryset.filter(object_id=None)
+        if value:
+            return queryset.filter(object_id=value)
+        return queryset
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
+    """Every change to a provider configuration, by whom and when: read-only, never a key."""
+
+    list_display = ["action_time", "user", "configuration", "action", "details"]
+    list_filter = [AuditConfigFilter, ("user", admin.RelatedOnlyFieldListFilter), AuditActionFilter, "action_time"]
+    list_select_related = ["user"]
+    search_fields = ["object_repr", "user__username"]
+    date_hierarchy = "action_time"
+    ordering = ["-action_time", "-pk"]
+    show_full_result_count = False
+    list_per_page = 100
+    list_display_links = None
+
+    def get_queryset(self, request):
+        entries = super().get_queryset(request).filter(content_type=ContentType.objects.get_for_model(ProviderConfig))
+        # Whether the config still exists, in the list's one query (object_id is text; ours are always digits).
+        config = ProviderConfig.objects.filter(pk=Cast(OuterRef("object_id"), BigIntegerField()))
+        return entries.annotate(config_exists=Exists(config))
+
+    @admin.display(description="configuration", ordering="object_repr")
+    def configuration(self, entry: LogEntry) -> str:
+        if entry.object_id is None:
+            return entry.object_repr
+        if not entry.config_exists:
+            return format_html('{} <span class="audit-deleted">(deleted)</span>', entry.object_repr)
+        url = reverse("admin:providers_providerconfig_change", args=[entry.object_id], current_app=self.admin_site.name)
+        return format_html('<a href="{}">{}</a>', url, entry.object_repr)
+
+    @admin.display(description="action")
+    def action(self, entry: LogEntry) -> str:
+        return AUDIT_ACTIONS[audit_action(entry)]
+
+    @admin.display(description="details")
+    def details(self, entry: LogEntry) -> str:
+        """The message; for an update, each field's old and new value (the key is named, never shown)."""
+        try:
+            parsed = json.loads(entry.change_message) if entry.change_message.startswith("[") else None
+        except json.JSONDecodeError:
+            parsed = None
+        changed = [part["changed"] for part in parsed or [] if isinstance(part, dict) and "changed" in part]
+        if not changed:
+            return entry.get_change_message() or "—"
+        lines = []
+        for part in changed:
+            values = part.get("values", {})
+            for label in part.get("fields", []):
+                if label in values:
+                    old, new = values[label]
+                    lines.append(format_html("{}: {} → {}", label, _shown(old), _shown(new)))
+                else:
+                    lines.append(format_html("{} changed", label))
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))  # noqa: S308 (a constant)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The record of who changed what stays.
+        return False
+
+
+def _shown(value) -> str:
+    return "empty" if value in (None, "") else str(value)

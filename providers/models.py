@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -153,3 +154,16 @@ class ProviderConfig(models.Model):
         self.last_test_error = error[:500]
         if self.pk:
             self.save(update_fields=["last_tested_at", "last_test_ok", "last_test_error"])
+
+
+class AuditEntry(LogEntry):
+    """The audit log of provider configurations: Django's admin LogEntry rows of ProviderConfig, read-only.
+
+    A proxy, so that the admin lists and filters them like any model; every workflow in providers.services (and
+    the admin's own saves) writes them.
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log entries"

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
@@ -56,6 +57,26 @@ def _field_label(name: str) -> str:
     return str(ProviderConfig._meta.get_field(name).verbose_name)
 
 
+def audit_value(value: Any) -> Any:
+    """A field value as the audit log keeps it: JSON's own types, decimals as exact strings."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def change_message(*, changes: dict[str, tuple[Any, Any]], secret_fields: list[str] = ()) -> list[dict]:
+    """Django's change message, with each non-secret field's old and new value (`values`: label -> [old, new]).
+
+    `changes` maps field names to (old, new); `secret_fields` are named as changed, never with a value. Django's
+    own rendering ("Changed Model name.") ignores the extra key; the audit page shows it.
+    """
+    labels = [_field_label(name) for name in [*changes, *secret_fields]]
+    values = {_field_label(name): [audit_value(old), audit_value(new)] for name, (old, new) in changes.items()}
+    return [{"changed": {"fields": labels, "values": values}}]
+
+
 def audit_log(*, user, config: ProviderConfig | None, action_flag: int, message: str | list, repr_: str = "") -> None:
     """Write one LogEntry. `config` may be unsaved (a test before saving) or already deleted (repr_ given)."""
     content_type = ContentType.objects.get_for_model(ProviderConfig)
@@ -97,21 +118,19 @@ def provider_config_update(*, config: ProviderConfig, user, data: dict[str, Any]
     """Apply changed fields. An omitted or empty key keeps the stored one; a new key is a rotation."""
     data = dict(data)
     new_key = data.pop(KEY_FIELD, None) or None
-    changed = [name for name, value in data.items() if getattr(config, name) != value]
-    for name in changed:
-        setattr(config, name, data[name])
+    changes = {name: (getattr(config, name), value) for name, value in data.items() if getattr(config, name) != value}
+    for name, (_, value) in changes.items():
+        setattr(config, name, value)
     rotated = new_key is not None and not _same_key(config, new_key)
     if rotated:
         config.set_api_key(new_key)
-    if not changed and not rotated:
+    if not changes and not rotated:
         return config
     config.updated_by = user
     config.full_clean()
     config.save()
-    labels = [_field_label(name) for name in changed]
-    if rotated:
-        labels.append(_field_label(KEY_FIELD))
-    audit_log(user=user, config=config, action_flag=CHANGE, message=[{"changed": {"fields": labels}}])
+    message = change_message(changes=changes, secret_fields=[KEY_FIELD] if rotated else [])
+    audit_log(user=user, config=config, action_flag=CHANGE, message=message)
     if rotated:
         audit_log(user=user, config=config, action_flag=CHANGE, message="Rotated the API key.")
     return config
@@ -236,7 +255,7 @@ def provider_configs_set_active(*, configs, user, active: bool) -> int:
             user=user,
             config=config,
             action_flag=CHANGE,
-            message=[{"changed": {"fields": [_field_label("is_active")]}}],
+            message=change_message(changes={"is_active": (not active, active)}),
         )
     return len(to_change)
 

@@ -24,6 +24,7 @@ PAGES = [
     "/admin/providers/providerconfig/{config}/change/",
     "/admin/providers/providerconfig/{config}/history/",
     "/admin/providers/providerconfig/{config}/delete/",
+    "/admin/providers/auditentry/",
     "/admin/usage/",
     "/admin/usage/usagerecord/",
     "/admin/usage/usagerecord/dashboard/",
@@ -32,7 +33,7 @@ PAGES = [
     "/admin/usage/budgetpolicy/add/",
     "/admin/aditus/apitoken/",
 ]
-APP_NAMES = ["Providers", "Usage", "Provider configurations", "Usage records", "Budget", "Api tokens"]
+APP_NAMES = ["Providers", "Usage", "Audit log", "Provider configurations", "Usage records", "Budget", "Api tokens"]
 
 
 @pytest.fixture
