@@ -401,3 +401,10 @@ TASK_MIDDLEWARE = [
 # process holds up to this many; keep workers x DB_THREADS under PostgreSQL's max_connections).
 DB_THREADS = env_int("DB_THREADS", 16, minimum=1)
 # --- end task endpoints' fast path ---
+
+# --- admin wording (issue 14) ---
+# TOTP devices appear in the admin as "Authenticator apps", not under their app label "OTP_TOTP".
+INSTALLED_APPS = [
+    "aditus.apps.AuthenticatorAppsConfig" if app == "django_otp.plugins.otp_totp" else app for app in INSTALLED_APPS
+]
+# --- end admin wording ---

@@ -17,7 +17,23 @@ from django.views.decorators.http import require_POST
 from aditus.permissions import SuperAdminOnlyAdminMixin
 from providers import services
 from providers.forms import ProviderConfigAdminForm
-from providers.models import TASK_FLAGS, AuditEntry, ProviderConfig, Task
+from providers.models import TASK_FLAGS, TASK_SHORT_NAMES, AuditEntry, ProviderConfig, Task
+
+
+class ServesTaskFilter(admin.SimpleListFilter):
+    """One filter for the four task flags."""
+
+    title = "task served"
+    parameter_name = "serves"
+
+    def lookups(self, request, model_admin):
+        return Task.choices
+
+    def queryset(self, request, queryset):
+        if self.value() in TASK_FLAGS:
+            return queryset.filter(**{TASK_FLAGS[self.value()]: True})
+        return queryset
+
 
 # The form fields a credential test depends on: a change to any of them makes the test one of unsaved settings.
 TESTED_FORM_FIELDS = ("provider_type", "model_name", "new_api_key", "base_url", "request_timeout_seconds")
@@ -27,19 +43,18 @@ TESTED_FORM_FIELDS = ("provider_type", "model_name", "new_api_key", "base_url", 
 class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     form = ProviderConfigAdminForm
     change_form_template = "admin/providers/providerconfig/change_form.html"
+    # Ten facts per config, compact enough to show without sideways scrolling at 1,400 px (tests/browser).
     list_display = [
-        "display_name",
-        "provider_type",
-        "model_name",
+        "name",
+        "provider",
+        "model_used",
         "task_list",
-        "is_active",
         "tokens_today",
         "masked_key",
         "last_test",
-        "priority",
-        "weight",
+        "priority_weight",
     ]
-    list_filter = ["provider_type", "is_active", "last_test_ok", *TASK_FLAGS.values()]
+    list_filter = ["provider_type", "is_active", "last_test_ok", ServesTaskFilter]
     search_fields = ["display_name", "model_name"]
     list_select_related = ["updated_by"]
     actions = ["test_credentials", "activate", "deactivate"]
@@ -84,11 +99,36 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
         ("Bookkeeping", {"classes": ["collapse"], "fields": readonly_fields}),
     ]
 
+    # Short headers: the admin never wraps a column header.
+    @admin.display(description="name", ordering="display_name")
+    def name(self, config: ProviderConfig) -> str:
+        # Inactive configs are marked here rather than in a column of their own, for the list to fit 1,400 px.
+        if config.is_active:
+            return config.display_name
+        return format_html('{} <span class="config-inactive">inactive</span>', config.display_name)
+
+    @admin.display(description="provider", ordering="provider_type")
+    def provider(self, config: ProviderConfig) -> str:
+        return config.get_provider_type_display()
+
+    @admin.display(description="model", ordering="model_name")
+    def model_used(self, config: ProviderConfig) -> str:  # not `model`, which is the ModelAdmin's model
+        return config.model_name
+
     @admin.display(description="tasks")
     def task_list(self, config: ProviderConfig) -> str:
-        return ", ".join(str(Task(task).label) for task in config.tasks) or "—"
+        tasks = config.tasks
+        if not tasks:
+            return "—"
+        full = ", ".join(str(Task(task).label) for task in tasks)
+        short = "all four" if len(tasks) == len(TASK_FLAGS) else ", ".join(TASK_SHORT_NAMES[task] for task in tasks)
+        return format_html('<span title="{}">{}</span>', full, short)
 
-    @admin.display(description="tokens today / daily limit")
+    @admin.display(description="priority / weight", ordering="priority")
+    def priority_weight(self, config: ProviderConfig) -> str:
+        return f"{config.priority} / {config.weight}"
+
+    @admin.display(description="tokens today / limit")
     def tokens_today(self, config: ProviderConfig) -> str:
         limit = "∞" if config.daily_token_limit is None else f"{config.daily_token_limit:,}"
         if config.daily_token_limit is None and config.monthly_token_limit is None:
@@ -112,7 +152,7 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
             config.tokens_used_today = used.get(config.pk, 0)
         return changelist
 
-    @admin.display(description="API key")
+    @admin.display(description="key")
     def masked_key(self, config: ProviderConfig) -> str:
         return config.masked_key
 
@@ -126,7 +166,10 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
         # The error type only; the whole message is in the title, for the list to stay narrow.
         kind = config.last_test_error.split(":", 1)[0]
         return format_html(
-            '<span class="last-test-failed" title="{}: {}">✖ failed ({})</span>', when, config.last_test_error, kind
+            '<span class="last-test-failed" title="{}: {}">✖ failed</span> <span class="last-test-kind">({})</span>',
+            when,
+            config.last_test_error,
+            kind,
         )
 
     def save_model(self, request, obj, form, change):
@@ -234,7 +277,7 @@ class ProviderConfigAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
 
     class Media:
         js = ["providers/test_credentials.js"]
-        css = {"all": ["providers/provider_admin.css"]}
+        css = {"all": ["aditus/admin_lists.css", "providers/provider_admin.css"]}
 
 
 # The audit log ------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from providers.clients.base import ProviderType
+from providers.clients.base import PROVIDER_NAMES
 from providers.models import ProviderConfig
 from usage.charts import Series, line_chart, stacked_bar_chart
 from usage.models import Period, TokenCounter, UsageRecord
@@ -44,11 +44,6 @@ CSV_COLUMNS = (
     "avg_latency_ms",
     "p95_latency_ms",
 )
-PROVIDER_NAMES = {
-    ProviderType.OPENAI: "OpenAI",
-    ProviderType.CLAUDE: "Anthropic Claude",
-    ProviderType.GEMINI: "Google Gemini",
-}
 CHART_TITLES = {
     "chart-cost": "Cost per day by provider (USD)",
     "chart-calls": "Calls and errors per day",

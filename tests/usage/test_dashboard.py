@@ -303,7 +303,7 @@ def test_it_refuses_verified_staff_even_with_permission_to_view_usage(django_use
 def test_the_config_list_shows_todays_tokens_against_the_daily_limit(superadmin_session_client, usage):
     html = superadmin_session_client.get(CONFIG_LIST).content.decode()
 
-    assert "Tokens today / daily limit" in html
+    assert "Tokens today / limit" in html
     assert '<td class="field-tokens_today">1,200 / 100,000</td>' in html
     assert '<td class="field-tokens_today">— / ∞</td>' in html  # no limit, so no counter
 
