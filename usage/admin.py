@@ -30,7 +30,8 @@ class UsageRecordAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
         "user",
     ]
     list_display_links = ["when"]
-    list_filter = ["provider_type", "task", "outcome", "error_type", "streamed"]
+    # created_at and provider_config also let the usage dashboard link each of its rows to the records behind it.
+    list_filter = ["created_at", "provider_type", "provider_config", "task", "outcome", "error_type", "streamed"]
     # An exact match uses the request_id index; a `contains` search would scan the table.
     search_fields = ["=request_id"]
     list_select_related = ["provider_config", "user"]
