@@ -13,6 +13,7 @@ from aditus.env import (
     env_fernet_keys,
     env_int,
     env_list,
+    env_origins,
     env_secret_key,
     env_str,
     load_env_file,
@@ -408,3 +409,23 @@ INSTALLED_APPS = [
     "aditus.apps.AuthenticatorAppsConfig" if app == "django_otp.plugins.otp_totp" else app for app in INSTALLED_APPS
 ]
 # --- end admin wording ---
+
+# --- CORS (issue 14) ---
+# Browser front ends on other origins (another host or port) may call the API when their origin is listed in
+# CORS_ALLOWED_ORIGINS, comma-separated (e.g. https://app.example.com,http://localhost:3000). Empty, the default:
+# CORS is off, the middleware is not even installed, and browsers keep scripts to the same origin. Only /api/
+# answers cross-origin, never the admin; no cookies cross origins (clients send bearer tokens).
+CORS_ALLOWED_ORIGINS = env_origins("CORS_ALLOWED_ORIGINS")
+if CORS_ALLOWED_ORIGINS:
+    INSTALLED_APPS += ["corsheaders"]
+    # Before CommonMiddleware (django-cors-headers' rule) and, on the task endpoints' own stack, right after the
+    # request id: a preflight is answered there, before authentication.
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.common.CommonMiddleware"), "corsheaders.middleware.CorsMiddleware"
+    )
+    TASK_MIDDLEWARE.insert(1, "corsheaders.middleware.CorsMiddleware")
+    CORS_URLS_REGEX = r"^/api/"
+    CORS_ALLOW_CREDENTIALS = False
+    CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "x-request-id"]
+    CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-Gateway-Time-Ms", "Retry-After"]
+# --- end CORS ---
