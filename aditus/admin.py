@@ -1,11 +1,12 @@
 from django.contrib import admin, messages
 
 from aditus.models import ApiToken
+from aditus.permissions import SuperAdminOnlyAdminMixin
 from aditus.services import api_token_revoke
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(SuperAdminOnlyAdminMixin, admin.ModelAdmin):
     """Tokens are issued by the API only; here they can be inspected and revoked. The hash is never shown."""
 
     list_display = ("prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at", "verified")

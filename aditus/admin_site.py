@@ -22,3 +22,7 @@ class OneDeviceOTPAdminAuthenticationForm(OTPAdminAuthenticationForm):
 
 class AditusAdminSite(OTPAdminSite):
     login_form = OneDeviceOTPAdminAuthenticationForm
+    site_header = "aditus administration"
+    site_title = "aditus"
+    # aditus has no public site for "View site" to open (it led to a 404): no link.
+    site_url = None

@@ -94,3 +94,30 @@ def env_secret_key(name: str, *, required: bool) -> str:
     if len(value) < 50 or len(set(value)) < 5:
         raise ImproperlyConfigured(f"{name} is malformed: use at least 50 random characters")
     return value
+
+
+def env_origins(name: str) -> list[str]:
+    """Comma-separated web origins (`https://app.example.com`, `http://localhost:3000`): scheme, host, optional
+    port, nothing else. `*` is refused: a wildcard would let any site's scripts call the API."""
+    from urllib.parse import urlsplit
+
+    origins = env_list(name, [])
+    for origin in origins:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            raise ImproperlyConfigured(
+                f"{name}: {origin!r} is not an origin; write scheme://host[:port] with nothing after it, "
+                "e.g. https://app.example.com or http://localhost:3000"
+            )
+        try:
+            parts.port  # noqa: B018 - a malformed port raises here
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {origin!r} has a malformed port") from None
+    return origins

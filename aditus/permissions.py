@@ -54,3 +54,26 @@ class IsVerifiedSuperAdmin(BasePermission):
             self.code = "mfa_required"
             return False
         return True
+
+
+class SuperAdminOnlyAdminMixin:
+    """Admin pages for verified super-admins only, whatever model permissions a staff account has been given.
+
+    The seed lets only super-admins manage providers, and the REST API already refuses everyone else; Django's
+    admin would otherwise admit any staff account holding the model's permissions. Mix in before ModelAdmin.
+    """
+
+    def has_module_permission(self, request) -> bool:
+        return is_verified_superadmin(request) and super().has_module_permission(request)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return is_verified_superadmin(request) and super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request, *args) -> bool:
+        return is_verified_superadmin(request) and super().has_add_permission(request, *args)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return is_verified_superadmin(request) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return is_verified_superadmin(request) and super().has_delete_permission(request, obj)

@@ -13,6 +13,7 @@ from aditus.env import (
     env_fernet_keys,
     env_int,
     env_list,
+    env_origins,
     env_secret_key,
     env_str,
     load_env_file,
@@ -30,6 +31,11 @@ FIELD_ENCRYPTION_KEYS = env_fernet_keys("FIELD_ENCRYPTION_KEYS", required=True)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# Browser front ends on other origins may call the API when their origin is listed here, comma-separated (e.g.
+# https://app.example.com,http://localhost:3000). Empty, the default: CORS is off, its middleware not installed.
+CORS_ALLOWED_ORIGINS = env_origins("CORS_ALLOWED_ORIGINS")
+_CORS_MIDDLEWARE = ["corsheaders.middleware.CorsMiddleware"] if CORS_ALLOWED_ORIGINS else []
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -39,7 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_otp",
-    "django_otp.plugins.otp_totp",
+    "aditus.apps.AuthenticatorAppsConfig",  # django-otp's TOTP devices, named "Authenticator apps" in the admin
     "aditus",
     "providers",
     "usage",
@@ -48,6 +54,7 @@ INSTALLED_APPS = [
     "axes",  # admin and token login lockout (see "production and hardening")
     "drf_spectacular",  # the OpenAPI schema (see "API docs")
     "drf_spectacular_sidecar",  # Swagger UI's files, served from our static files
+    *(["corsheaders"] if CORS_ALLOWED_ORIGINS else []),
 ]
 
 # Every page but the task endpoints, which take the lean path (TASK_MIDDLEWARE below). The request id first, so
@@ -61,6 +68,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "aditus.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    *_CORS_MIDDLEWARE,  # before CommonMiddleware, as django-cors-headers requires
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -425,6 +433,7 @@ SPECTACULAR_SETTINGS = {
 TASK_PATH_PREFIXES = ("/api/v1/job-extractor/", "/api/v1/cv-drafter/", "/api/v1/cover-letter/")
 TASK_MIDDLEWARE = [
     "aditus.middleware.RequestIdMiddleware",
+    *_CORS_MIDDLEWARE,  # a preflight is answered here, before authentication
     "aditus.middleware.InlineSecurityMiddleware",
     "aditus.middleware.InlineCommonMiddleware",
     "aditus.middleware.InlineXFrameOptionsMiddleware",
@@ -437,3 +446,12 @@ DB_THREADS = env_int("DB_THREADS", 8, minimum=1)
 # a call whose row is lost even so is charged from its reservation when that expires (TOKEN_RESERVATION_TTL_SECONDS).
 USAGE_SAVE_RETRY_SECONDS = env_int("USAGE_SAVE_RETRY_SECONDS", 60, minimum=0)
 # --- end task endpoints' lean path ---
+
+# --- CORS ---
+# Only /api/ answers cross-origin, never the admin; no cookies cross origins (clients send bearer tokens). The
+# middleware is in MIDDLEWARE and TASK_MIDDLEWARE only when CORS_ALLOWED_ORIGINS is set (see the top).
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "x-request-id"]
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-Gateway-Time-Ms", "Retry-After"]
+# --- end CORS ---

@@ -1,11 +1,15 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from aditus import health
+from aditus import errors, health
 from aditus.admin_site import AditusAdminSite
 from aditus.openapi import DocsView
 from usage.metrics import metrics_view
+
+# A wrong path under /api/ (a trailing slash, a typo) answers JSON like every other API error.
+handler404 = "aditus.errors.not_found"
+handler500 = "aditus.errors.server_error"
 
 # No admin page without a verified second factor.
 admin.site.__class__ = AditusAdminSite
@@ -24,4 +28,7 @@ urlpatterns = [
     # OpenAPI schema and Swagger UI (aditus.openapi); for signed-in users unless API_DOCS_PUBLIC.
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", DocsView.as_view(url_name="api-schema"), name="api-docs"),
+    # Last: any other path under /api/ is a JSON 404, also with DEBUG on (when Django ignores handler404). No name,
+    # so that ai_task_responses_total still counts such paths as endpoint="other".
+    re_path(r"^api/", errors.api_not_found),
 ]

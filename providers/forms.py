@@ -55,7 +55,3 @@ class ProviderConfigAdminForm(forms.ModelForm):
         if commit:
             config.save()
         return config
-
-    def api_key_for_test(self) -> str:
-        """The key a credential test should use: the one typed in, else the stored one."""
-        return self.cleaned_data.get("new_api_key") or self.instance.reveal_api_key()

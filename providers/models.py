@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from providers.clients.base import Endpoint, ProviderType
+from providers.clients.base import Endpoint, ProviderType, provider_type_choices
 from providers.fields import EncryptedTextField, Sealed
 from providers.validators import validate_model_for_provider, validate_model_name, validate_provider_base_url
 
@@ -29,6 +30,15 @@ TASK_FLAGS: dict[str, str] = {
 }
 
 
+# Task names short enough for an admin list column (the full names go in the cell's title).
+TASK_SHORT_NAMES: dict[str, str] = {
+    Task.EXTRACTION: "extraction",
+    Task.IMAGE_VALIDATION: "images",
+    Task.CV_DRAFTING: "CVs",
+    Task.COVER_LETTER: "letters",
+}
+
+
 def mask_key(prefix: str, last_four: str) -> str:
     """Show a key as `AIza…f3x9`: enough to recognise it, too little to use it."""
     if not last_four:
@@ -45,7 +55,7 @@ class ProviderConfigQuerySet(models.QuerySet):
 
 
 class ProviderConfig(models.Model):
-    provider_type = models.CharField(max_length=16, choices=[(t.value, t.name.title()) for t in ProviderType])
+    provider_type = models.CharField(max_length=16, choices=provider_type_choices)
     display_name = models.CharField(max_length=100, unique=True)
     model_name = models.CharField(max_length=200, validators=[validate_model_name])
     api_key = EncryptedTextField("API key", help_text="Stored encrypted; never shown again after saving.")
@@ -162,3 +172,16 @@ class ProviderConfig(models.Model):
         self.last_test_error = error[:500]
         if self.pk:
             self.save(update_fields=["last_tested_at", "last_test_ok", "last_test_error"])
+
+
+class AuditEntry(LogEntry):
+    """The audit log of provider configurations: Django's admin LogEntry rows of ProviderConfig, read-only.
+
+    A proxy, so that the admin lists and filters them like any model; every workflow in providers.services (and
+    the admin's own saves) writes them.
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log entries"

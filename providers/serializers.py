@@ -1,7 +1,7 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from providers.models import ProviderConfig
+from providers.models import TASK_FLAGS, ProviderConfig, Task
 from providers.validators import key_origin_change, validate_api_key, validate_model_for_provider
 
 WRITABLE_FIELDS = [
@@ -35,15 +35,39 @@ class RejectUnknownFieldsMixin:
         return super().validate(attrs)
 
 
+class TaskListField(serializers.ListField):
+    """The tasks a config serves, as the output's `tasks` list: each a known task, once."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.CharField(), allow_empty=True, **kwargs)
+
+    def to_internal_value(self, data):
+        tasks = super().to_internal_value(data)
+        unknown = [task for task in tasks if task not in TASK_FLAGS]
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown task(s): {', '.join(unknown)}. The tasks are {', '.join(Task.values)}."
+            )
+        if len(set(tasks)) != len(tasks):
+            raise serializers.ValidationError("Name each task once.")
+        return tasks
+
+
 class ProviderConfigInputSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     # Write-only. On update an omitted or empty key keeps the stored one.
     api_key = serializers.CharField(
         write_only=True, max_length=500, trim_whitespace=True, validators=[validate_api_key]
     )
+    # The seed's two spellings: a list (as the output has it), or the default_for_* booleans; not both at once.
+    tasks = TaskListField(
+        required=False,
+        write_only=True,
+        help_text="The tasks served; tasks not listed are switched off. Instead of the default_for_* flags.",
+    )
 
     class Meta:
         model = ProviderConfig
-        fields = WRITABLE_FIELDS
+        fields = [*WRITABLE_FIELDS, "tasks"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -77,6 +101,14 @@ class ProviderConfigInputSerializer(RejectUnknownFieldsMixin, serializers.ModelS
             )
             if problem:
                 raise serializers.ValidationError({"api_key": [problem]})
+        if "tasks" in attrs:
+            flags = [flag for flag in TASK_FLAGS.values() if flag in attrs]
+            if flags:
+                raise serializers.ValidationError(
+                    {"tasks": [f"Give either tasks or the flags {', '.join(flags)}, not both."]}
+                )
+            tasks = attrs.pop("tasks")
+            attrs.update({flag: task in tasks for task, flag in TASK_FLAGS.items()})
         return attrs
 
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
@@ -27,6 +28,14 @@ from providers.models import ProviderConfig
 logger = logging.getLogger(__name__)
 
 KEY_FIELD = "api_key"
+
+# A stored key that no FIELD_ENCRYPTION_KEYS key decrypts (an encryption key removed too early, or rotated in the
+# wrong order): every credential test reports it the same way, as a failed test, never as a server error.
+DECRYPTION_ERROR_TYPE = "decryption"
+UNDECRYPTABLE_KEY_MESSAGE = (
+    "The stored API key cannot be decrypted with the current FIELD_ENCRYPTION_KEYS; re-enter the key, or restore "
+    "the encryption key that encrypted it."
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,26 @@ class CredentialTestResult:
 
 def _field_label(name: str) -> str:
     return str(ProviderConfig._meta.get_field(name).verbose_name)
+
+
+def audit_value(value: Any) -> Any:
+    """A field value as the audit log keeps it: JSON's own types, decimals as exact strings."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def change_message(*, changes: dict[str, tuple[Any, Any]], secret_fields: list[str] = ()) -> list[dict]:
+    """Django's change message, with each non-secret field's old and new value (`values`: label -> [old, new]).
+
+    `changes` maps field names to (old, new); `secret_fields` are named as changed, never with a value. Django's
+    own rendering ("Changed Model name.") ignores the extra key; the audit page shows it.
+    """
+    labels = [_field_label(name) for name in [*changes, *secret_fields]]
+    values = {_field_label(name): [audit_value(old), audit_value(new)] for name, (old, new) in changes.items()}
+    return [{"changed": {"fields": labels, "values": values}}]
 
 
 def audit_log(*, user, config: ProviderConfig | None, action_flag: int, message: str | list, repr_: str = "") -> None:
@@ -89,21 +118,19 @@ def provider_config_update(*, config: ProviderConfig, user, data: dict[str, Any]
     """Apply changed fields. An omitted or empty key keeps the stored one; a new key is a rotation."""
     data = dict(data)
     new_key = data.pop(KEY_FIELD, None) or None
-    changed = [name for name, value in data.items() if getattr(config, name) != value]
-    for name in changed:
-        setattr(config, name, data[name])
+    changes = {name: (getattr(config, name), value) for name, value in data.items() if getattr(config, name) != value}
+    for name, (_, value) in changes.items():
+        setattr(config, name, value)
     rotated = new_key is not None and not _same_key(config, new_key)
     if rotated:
         config.set_api_key(new_key)
-    if not changed and not rotated:
+    if not changes and not rotated:
         return config
     config.updated_by = user
     config.full_clean()
     config.save()
-    labels = [_field_label(name) for name in changed]
-    if rotated:
-        labels.append(_field_label(KEY_FIELD))
-    audit_log(user=user, config=config, action_flag=CHANGE, message=[{"changed": {"fields": labels}}])
+    message = change_message(changes=changes, secret_fields=[KEY_FIELD] if rotated else [])
+    audit_log(user=user, config=config, action_flag=CHANGE, message=message)
     if rotated:
         audit_log(user=user, config=config, action_flag=CHANGE, message="Rotated the API key.")
     return config
@@ -130,9 +157,18 @@ def provider_config_delete(*, config: ProviderConfig, user) -> None:
     audit_log(user=user, config=config, action_flag=DELETION, message="Deleted.", repr_=repr_)
 
 
+def _stored_key_check(*, config: ProviderConfig, endpoint: Endpoint) -> CredentialTestResult:
+    """Check `endpoint` with the config's stored key; a key that cannot be decrypted is a failed test."""
+    try:
+        api_key = config.reveal_api_key()
+    except DecryptionError:
+        return CredentialTestResult(ok=False, error_type=DECRYPTION_ERROR_TYPE, message=UNDECRYPTABLE_KEY_MESSAGE)
+    return provider_credentials_check(endpoint=endpoint, api_key=api_key)
+
+
 def provider_config_test(*, config: ProviderConfig, user) -> CredentialTestResult:
     """Test a saved config's credentials, record the result on it and in the audit log."""
-    result = provider_credentials_check(endpoint=config.endpoint(), api_key=config.reveal_api_key())
+    result = _stored_key_check(config=config, endpoint=config.endpoint())
     config.record_test(ok=result.ok, error="" if result.ok else f"{result.error_type}: {result.message}")
     audit_log(user=user, config=config, action_flag=CHANGE, message=f"Tested credentials: {result.summary}.")
     logger.info("credential test config=%s result=%s", config.pk, result.summary)
@@ -169,6 +205,44 @@ def provider_settings_test(
     return result
 
 
+def provider_config_form_test(
+    *,
+    config: ProviderConfig,
+    user,
+    provider_type: str,
+    model_name: str,
+    api_key: str | None,
+    base_url: str = "",
+    timeout: float = 30.0,
+    unsaved_changes: list[str],
+) -> CredentialTestResult:
+    """Test a saved config's change form as typed (`api_key` None: the stored key); audited against the config.
+
+    Without unsaved changes to what a test depends on, this is `provider_config_test`: the result is recorded on
+    the config. With some, the result describes settings that are not saved, so it goes into the config's history
+    naming the changed fields, and the config's last-test columns keep describing its saved settings.
+    """
+    if not unsaved_changes:
+        return provider_config_test(config=config, user=user)
+    endpoint = Endpoint(
+        provider_type=ProviderType(provider_type), model=model_name, base_url=base_url or None, timeout=timeout
+    )
+    if api_key:
+        result = provider_credentials_check(endpoint=endpoint, api_key=api_key)
+    else:
+        result = _stored_key_check(config=config, endpoint=endpoint)
+    audit_log(
+        user=user,
+        config=config,
+        action_flag=CHANGE,
+        message=f"Tested credentials with unsaved changes ({', '.join(unsaved_changes)}): {result.summary}.",
+    )
+    logger.info(
+        "credential test config=%s unsaved_changes=%d result=%s", config.pk, len(unsaved_changes), result.summary
+    )
+    return result
+
+
 @transaction.atomic
 def provider_configs_set_active(*, configs, user, active: bool) -> int:
     """Activate or deactivate configs; returns how many changed. One audit entry per changed config."""
@@ -181,7 +255,7 @@ def provider_configs_set_active(*, configs, user, active: bool) -> int:
             user=user,
             config=config,
             action_flag=CHANGE,
-            message=[{"changed": {"fields": [_field_label("is_active")]}}],
+            message=change_message(changes={"is_active": (not active, active)}),
         )
     return len(to_change)
 

@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
-from asgiref.sync import iscoroutinefunction
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
@@ -99,8 +99,10 @@ class LeanASGIHandler(ASGIHandler):
         return match
 
     async def view_response(self, request):
-        """The innermost handler: the resolved view's response."""
+        """The innermost handler: the resolved view's response (a sync view runs in a thread)."""
         callback, args, kwargs = self.resolve_request(request)
+        if not iscoroutinefunction(callback):
+            callback = sync_to_async(callback, thread_sensitive=False)
         response = await callback(request, *args, **kwargs)
         self.check_response(response, callback)
         return response

@@ -110,8 +110,16 @@ def insert_statement(instance, *, on_conflict_do_nothing: bool = False) -> State
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """Whether `error` says the database cannot be reached or answered nothing (not a bad statement)."""
-    return isinstance(error, (django_errors.OperationalError, django_errors.InterfaceError))
+    """Whether `error` says the database cannot be reached just now (a lost or refused connection, no free one in
+    time, SQLite's lock held too long), not that a statement or the schema is wrong."""
+    if isinstance(error, django_errors.InterfaceError):
+        return True
+    if not isinstance(error, django_errors.OperationalError):
+        return False
+    cause = error.__cause__
+    if isinstance(cause, psycopg.Error):
+        return cause.sqlstate is None or cause.sqlstate.startswith(("08", "57P"))
+    return any(words in str(error) for words in ("database is locked", "database table is locked", "unable to open"))
 
 
 def violated_constraint(error: BaseException) -> str | None:

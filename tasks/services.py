@@ -117,6 +117,8 @@ async def request_prepare(
     candidate has limits (`usage.services.tokens_reserve_async`). An upload (the image task) is read in a thread.
     """
     secret = _bearer_secret(request)
+    if secret is None and settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        raise TaskError(401, "not_authenticated", NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     statements = [candidates_query(task)] if secret is None else [token_query(secret), candidates_query(task)]
     rows = await db.execute(statements, atomic=False)
     if secret is None:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, replace
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from providers.clients.base import ProviderType
-from providers.models import ProviderConfig
+from providers.clients.base import PROVIDER_NAMES
+from providers.models import ProviderConfig, Task
+from providers.selectors import provider_config_names
 from usage.charts import Series, line_chart, stacked_bar_chart
 from usage.models import Period, TokenCounter, UsageRecord
 from usage.selectors import DateRange, UsageGroup, UsageStats, usage_stats
@@ -44,11 +47,6 @@ CSV_COLUMNS = (
     "avg_latency_ms",
     "p95_latency_ms",
 )
-PROVIDER_NAMES = {
-    ProviderType.OPENAI: "OpenAI",
-    ProviderType.CLAUDE: "Anthropic Claude",
-    ProviderType.GEMINI: "Google Gemini",
-}
 CHART_TITLES = {
     "chart-cost": "Cost per day by provider (USD)",
     "chart-calls": "Calls and errors per day",
@@ -67,6 +65,7 @@ class ProviderRow:
     provider: str  # the provider type, as the stats API's `group_by=provider` keys it; "" for the totals
     name: str
     usage: UsageGroup
+    records_url: str = ""  # the usage records behind the line: same range, filters and provider
 
     @property
     def calls(self) -> str:
@@ -174,14 +173,45 @@ class ConfigLimits:
 # The view ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Filters:
+    """The page's task and config filters, as read from the query string (None: all)."""
+
+    task: str | None = None
+    config_id: int | None = None
+
+    def query(self, **extra) -> str:
+        """The query string of the page with these filters, plus `extra`."""
+        params = {"task": self.task, "config": self.config_id, **extra}
+        return urlencode({name: value for name, value in params.items() if value not in (None, "")})
+
+    def records_params(self, period: DateRange) -> dict[str, str]:
+        """The usage records admin's filters for the same range and filters (created_at in TIME_ZONE days)."""
+        zone = timezone.get_default_timezone()
+        start = datetime.combine(period.start, time.min, tzinfo=zone)
+        end = datetime.combine(period.end + timedelta(days=1), time.min, tzinfo=zone)
+        params = {"created_at__gte": str(start), "created_at__lt": str(end)}
+        if self.task:
+            params["task__exact"] = self.task
+        if self.config_id:
+            params["provider_config__id__exact"] = str(self.config_id)
+        return params
+
+
 def dashboard_view(request, *, model_admin):
     """Render the page, or with `?format=csv` the provider table as CSV. Needs view permission on usage records."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     days = _days(request)
+    filters = _filters(request)
     period = DateRange.last(days=days)
-    stats = usage_stats(period=period, group_by=["day", "provider"])
-    rows = provider_rows(stats)
+    stats = usage_stats(period=period, group_by=["day", "provider"], task=filters.task, config_id=filters.config_id)
+    records = reverse("admin:usage_usagerecord_changelist", current_app=model_admin.admin_site.name)
+    records_params = filters.records_params(period)
+    rows = [
+        replace(row, records_url=f"{records}?{urlencode({**records_params, 'provider_type__exact': row.provider})}")
+        for row in provider_rows(stats)
+    ]
     if request.GET.get("format") == "csv":
         return table_csv(rows, period=period)
 
@@ -192,11 +222,18 @@ def dashboard_view(request, *, model_admin):
         "app_label": UsageRecord._meta.app_label,
         "days": days,
         "ranges": RANGES,
+        "filters": filters,
+        "range_queries": {choice: filters.query(days=choice) for choice in RANGES},
+        "csv_query": filters.query(days=days, format="csv"),
+        "task_choices": Task.choices,
+        "config_choices": _config_choices(filters.config_id),
+        "records_url": f"{records}?{urlencode(records_params)}",
+        "records_today_base": f"{records}?{urlencode(Filters().records_params(DateRange.last(days=1)))}",
         "period": period,
         "time_zone": timezone.get_default_timezone_name(),
         "rows": rows,
         "totals": ProviderRow(provider="", name="All providers", usage=stats.totals),
-        "limits": config_limits(),
+        "limits": [item for item in config_limits() if filters.config_id in (None, item.config.pk)],
         "charts": charts(stats) if stats.totals.calls else [],
     }
     return TemplateResponse(request, "admin/usage/dashboard.html", context)
@@ -213,6 +250,28 @@ def _days(request) -> int:
         request, f"There is no {value[:20]!r}-day range; showing the last {DEFAULT_DAYS} days (choose {choices})."
     )
     return DEFAULT_DAYS
+
+
+def _filters(request) -> Filters:
+    """The task and config filters; an unknown value is ignored with a warning, as an unknown range is."""
+    task = request.GET.get("task") or None
+    if task is not None and task not in Task.values:
+        messages.warning(request, f"There is no task {task[:40]!r}; showing every task ({', '.join(Task.values)}).")
+        task = None
+    config = request.GET.get("config") or None
+    config_id = int(config) if config is not None and config.isdigit() else None
+    if config is not None and config_id is None:
+        messages.warning(request, f"{config[:20]!r} is not a configuration id; showing every configuration.")
+    return Filters(task=task, config_id=config_id)
+
+
+def _config_choices(selected: int | None) -> list[tuple[int, str]]:
+    """Every config by name, and the selected one if it has been deleted (its history stays on the page)."""
+    choices = list(ProviderConfig.objects.order_by("display_name").values_list("pk", "display_name"))
+    if selected is not None and selected not in {pk for pk, _ in choices}:
+        name = provider_config_names(ids=[selected]).get(selected, f"configuration {selected}")
+        choices.append((selected, f"{name} (deleted)"))
+    return choices
 
 
 # What the page shows ----------------------------------------------------------------------------------------

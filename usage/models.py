@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from providers.clients.base import ErrorType, ProviderType
+from providers.clients.base import ErrorType, provider_type_choices
 from providers.models import ProviderConfig, Task
 
 
@@ -39,7 +39,7 @@ class UsageRecord(models.Model):
         related_name="usage_records",
         db_index=False,
     )
-    provider_type = models.CharField(max_length=16, choices=[(t.value, t.name.title()) for t in ProviderType])
+    provider_type = models.CharField(max_length=16, choices=provider_type_choices)
     model = models.CharField(max_length=200, help_text="As the provider reported it, else as configured.")
     attempt = models.PositiveSmallIntegerField(default=1, help_text="1-based within a request.")
     outcome = models.CharField(max_length=16, choices=Outcome.choices)

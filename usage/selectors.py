@@ -41,7 +41,7 @@ from django.db import connections
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from providers.models import ProviderConfig
+from providers.selectors import provider_config_names
 from usage.models import (
     COST_UNITS_PER_USD,
     FAILURE_FIELDS,
@@ -106,7 +106,7 @@ class DateRange:
 
 @dataclass(frozen=True, order=True)
 class ConfigRef:
-    """A provider config as a group key; `name` is None once the config has been deleted."""
+    """A provider config as a group key; a deleted config keeps its last name (`name` None only if unknown)."""
 
     id: int
     name: str | None = field(default=None, compare=False)
@@ -342,10 +342,8 @@ def _sort_value(value: Any) -> Any:
 
 
 def _config_names(ids: Iterable[int]) -> dict[int, str]:
-    wanted = {i for i in ids if i}
-    if not wanted:
-        return {}
-    return dict(ProviderConfig.objects.filter(pk__in=wanted).values_list("pk", "display_name"))
+    # Deleted configs keep their names (from the audit log): their history stays readable.
+    return provider_config_names(ids=ids)
 
 
 def _usernames(ids: Iterable[int]) -> dict[int, str]:

@@ -24,6 +24,19 @@ class ProviderType(enum.StrEnum):
     CLAUDE = "claude"
 
 
+# How a provider type is written wherever a person reads it (admin lists, filters, forms, the dashboard).
+PROVIDER_NAMES: dict[str, str] = {
+    ProviderType.OPENAI: "OpenAI",
+    ProviderType.CLAUDE: "Anthropic Claude",
+    ProviderType.GEMINI: "Google Gemini",
+}
+
+
+def provider_type_choices() -> list[tuple[str, str]]:
+    """Model and form choices of the provider type, spelt as PROVIDER_NAMES spells them."""
+    return [(provider_type.value, PROVIDER_NAMES[provider_type]) for provider_type in ProviderType]
+
+
 class ErrorType(enum.StrEnum):
     AUTHENTICATION = "authentication"
     PERMISSION = "permission"

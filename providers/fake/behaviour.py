@@ -18,6 +18,7 @@ wins:
     output=<what>  X-Fake-Output: <what>       invalid | invalid-once: structured output that fails its schema
                                                (anything else, e.g. `valid`, means a valid instance)
     stall=<ms>     X-Fake-Stall-Ms: <ms>       streams: send the first delta, then wait ms before the rest
+    chunks=<n>     X-Fake-Chunks: <n>          streams: split the text into up to n deltas (default 12)
 
 `fail` in detail (each in the provider's real body shape; see the provider modules):
     400        the provider's invalid-request error, a context-length refusal: OpenAI 400 invalid_request_error
@@ -91,6 +92,7 @@ class Directives:
     cached: int = 0
     output: str | None = None
     stall_ms: int = 0
+    chunks: int = 0  # streams: at most this many text deltas (0: the default, generation.MAX_STREAM_DELTAS)
 
     @classmethod
     def parse(cls, key: str | None, headers: Mapping[str, str]) -> Directives:
@@ -106,6 +108,7 @@ class Directives:
             ("X-Fake-Cached-Tokens", "cached"),
             ("X-Fake-Output", "output"),
             ("X-Fake-Stall-Ms", "stall"),
+            ("X-Fake-Chunks", "chunks"),
         ):
             value = headers.get(header)
             if value is not None:
@@ -120,6 +123,7 @@ class Directives:
             cached=_non_negative(values.get("cached")),
             output=output if output in OUTPUTS else None,
             stall_ms=_non_negative(values.get("stall")),
+            chunks=_non_negative(values.get("chunks")),
         )
 
     async def wait(self) -> None:
@@ -179,3 +183,10 @@ def _non_negative(value: str | None) -> int:
 async def hold_open() -> None:
     """Sleep for the `timeout` failure; the server cancels the sleep when the client disconnects."""
     await asyncio.sleep(HOLD_SECONDS)
+
+
+def stream_limit(directives: Directives) -> int:
+    """How many text deltas a stream may have (`chunks`, else the default)."""
+    from providers.fake.generation import MAX_STREAM_DELTAS
+
+    return directives.chunks or MAX_STREAM_DELTAS

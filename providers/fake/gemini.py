@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_limit
 from .catalogue import GEMINI_MODELS
 from .generation import GEMINI_IMAGE_TOKENS, json_text, reply_text, stream_pieces, text_tokens, truncate
 from .generation import cached_tokens as cap_cached
@@ -278,7 +278,7 @@ async def model_action(request: web.Request) -> web.StreamResponse:
         return respond(dumps(answer, indent=2), content_type=JSON_UTF8)
 
     chunks = []
-    pieces = stream_pieces(text)
+    pieces = stream_pieces(text, stream_limit(directives))
     so_far = ""
     for number, piece in enumerate(pieces, 1):
         so_far += piece

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_limit
 from .catalogue import OPENAI_MODELS, OpenAIModel
 from .generation import (
     OPENAI_IMAGE_TOKENS,
@@ -325,7 +325,7 @@ async def _stream(
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return b"data: " + head + dumps([choice]) + tail
 
-    pieces = stream_pieces(text)
+    pieces = stream_pieces(text, stream_limit(directives))
     events = [chunk({"role": "assistant", "content": "", "refusal": None})]
     events += [chunk({"content": piece}) for piece in pieces]
     events.append(chunk({}, finish))

@@ -34,7 +34,37 @@ def answers(monkeypatch):
         return queue.pop(0)
 
     monkeypatch.setattr("getpass.getpass", fake_getpass)
+    monkeypatch.setattr("sys.stdin", Terminal())
     return queue, prompts
+
+
+class Terminal(StringIO):
+    """A stdin that is a terminal, as when an operator runs the command by hand."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_without_a_terminal_it_names_the_environment_variable_option_instead_of_a_traceback(monkeypatch):
+    monkeypatch.setattr("sys.stdin", StringIO(""))  # a script, CI, `docker run` without -t: no terminal
+
+    with pytest.raises(CommandError) as refused:
+        run("--username", "ada")
+
+    assert "no terminal to prompt for the password" in str(refused.value)
+    assert "--password-env" in str(refused.value)
+    assert not get_user_model().objects.filter(username="ada").exists()
+
+
+def test_a_prompt_cut_short_by_end_of_input_is_the_same_clear_error(monkeypatch):
+    def end_of_input(prompt: str = "Password: ", stream=None) -> str:
+        raise EOFError
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    monkeypatch.setattr("getpass.getpass", end_of_input)
+
+    with pytest.raises(CommandError, match="--password-env"):
+        run("--username", "ada")
 
 
 def test_it_creates_a_superadmin_with_a_confirmed_device_from_a_password_in_the_environment(monkeypatch):

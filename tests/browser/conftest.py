@@ -51,3 +51,15 @@ def save_screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def log_in(page, live_server, user, device):
+    """Sign in to the admin through its login form, with the password and the device's current TOTP code."""
+    from tests.auth_fixtures import PASSWORD, totp_code
+
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", PASSWORD)
+    page.fill("#id_otp_token", totp_code(device))
+    page.click("input[type=submit]:not([name=otp_challenge])")
+    page.wait_for_selector("#user-tools")

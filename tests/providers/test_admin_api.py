@@ -93,7 +93,9 @@ def test_an_update_without_a_key_keeps_the_stored_key(admin_client, saved_config
     assert saved_config.model_name == "gemini-2.5-pro"
     assert saved_config.reveal_api_key() == GEMINI_KEY
     messages = [entry.change_message for entry in entries_for(saved_config.pk)]
-    assert json.loads(messages[-1]) == [{"changed": {"fields": ["model name"]}}]
+    assert json.loads(messages[-1]) == [
+        {"changed": {"fields": ["model name"], "values": {"model name": ["gemini-2.5-flash", "gemini-2.5-pro"]}}}
+    ]
 
 
 def test_an_update_with_an_empty_key_keeps_the_stored_key(admin_client, saved_config):
@@ -116,7 +118,7 @@ def test_a_new_key_replaces_the_old_one_and_is_recorded_as_a_rotation(admin_clie
     saved_config.refresh_from_db()
     assert saved_config.reveal_api_key() == new_key
     entries = entries_for(saved_config.pk)
-    assert json.loads(entries[-2].change_message) == [{"changed": {"fields": ["API key"]}}]
+    assert json.loads(entries[-2].change_message) == [{"changed": {"fields": ["API key"], "values": {}}}]
     assert entries[-1].change_message == "Rotated the API key."
     assert all(entry.user == superadmin for entry in entries)
 

@@ -417,7 +417,7 @@ def test_rotating_from_stdin_tests_the_key_then_saves_and_audits_it(gemini_confi
     assert gemini_config.last_test_ok is True and gemini_config.key_last_four == "gm04"
     assert messages_for(gemini_config)[-3:] == [
         "Tested a new API key before rotating: ok.",
-        '[{"changed": {"fields": ["API key"]}}]',
+        '[{"changed": {"fields": ["API key"], "values": {}}}]',
         "Rotated the API key.",
     ]
     assert LogEntry.objects.filter(action_flag=CHANGE).latest("pk").user == superadmin

@@ -3,6 +3,7 @@
 import getpass
 import io
 import os
+import sys
 
 import qrcode
 from django.contrib.auth import get_user_model
@@ -17,6 +18,11 @@ from aditus.services import api_tokens_revoke_for_user
 DEVICE_NAME = "Authenticator app"
 # RFC 4226 asks for at least 128 bits; django-otp stores at most 40 bytes.
 MIN_KEY_BYTES, MAX_KEY_BYTES = 16, 40
+NO_TERMINAL = (
+    "There is no terminal to prompt for the password. Put it in an environment variable and name that variable "
+    "with --password-env, e.g. ADITUS_ADMIN_PASSWORD=... manage.py create_superadmin --username U "
+    "--password-env ADITUS_ADMIN_PASSWORD"
+)
 
 
 class Command(BaseCommand):
@@ -115,11 +121,18 @@ class Command(BaseCommand):
             if not password:
                 raise CommandError(f"Environment variable {env_var} is not set or is empty.")
             return password
-        password = getpass.getpass("Password: ")
-        if not password:
-            raise CommandError("The password must not be empty.")
-        if getpass.getpass("Password (again): ") != password:
-            raise CommandError("The passwords do not match.")
+        # Without a terminal (a script, CI, `docker run` without -t) getpass would read stdin, echo, and end in an
+        # EOFError traceback: say what to do instead.
+        if not sys.stdin.isatty():
+            raise CommandError(NO_TERMINAL)
+        try:
+            password = getpass.getpass("Password: ")
+            if not password:
+                raise CommandError("The password must not be empty.")
+            if getpass.getpass("Password (again): ") != password:
+                raise CommandError("The passwords do not match.")
+        except EOFError:
+            raise CommandError(NO_TERMINAL) from None
         return password
 
     def _print_enrolment(self, uri: str) -> None:

@@ -1,4 +1,5 @@
-"""Create the demo provider configurations, pointed at the fake providers (idempotent)."""
+"""Create the demo provider configurations, pointed at the fake providers (idempotent; a re-run with another
+--fake-url points the existing demo configs there)."""
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -58,8 +59,13 @@ class Command(BaseCommand):
         for spec in DEMO_CONFIGS:
             data = {key: value for key, value in spec.items() if key != "path"}
             data["base_url"] = f"{fake_url.rstrip('/')}/{spec['path']}"
-            if ProviderConfig.objects.filter(display_name=data["display_name"]).exists():
+            existing = ProviderConfig.objects.filter(display_name=data["display_name"]).first()
+            if existing is None:
+                services.provider_config_create(user=actor, data=data)
+                self.stdout.write(self.style.SUCCESS(f"created    {data['display_name']}"))
+            elif existing.base_url != data["base_url"]:
+                # A re-run with another FAKE_PORT: follow the fake providers, keep whatever else was changed.
+                services.provider_config_update(config=existing, user=actor, data={"base_url": data["base_url"]})
+                self.stdout.write(self.style.SUCCESS(f"repointed  {data['display_name']} to {data['base_url']}"))
+            else:
                 self.stdout.write(f"unchanged  {data['display_name']}")
-                continue
-            services.provider_config_create(user=actor, data=data)
-            self.stdout.write(self.style.SUCCESS(f"created    {data['display_name']}"))

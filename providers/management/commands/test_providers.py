@@ -5,7 +5,6 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from providers import services
-from providers.fields import DecryptionError
 from providers.models import ProviderConfig
 
 COLUMNS = ("NAME", "TYPE", "MODEL", "RESULT", "ERROR TYPE", "LATENCY MS", "MESSAGE")
@@ -72,13 +71,9 @@ class Command(BaseCommand):
 
     def _test(self, config: ProviderConfig, user) -> tuple[str, ...]:
         started = time.monotonic()
-        try:
-            result = services.provider_config_test(config=config, user=user)
-        except DecryptionError as exc:
-            # Nothing to send to the provider: report it like a failed test, without recording one.
-            ok, error_type, message = False, "decryption", str(exc)
-        else:
-            ok, error_type, message = result.ok, result.error_type or "", result.message
+        # A stored key that cannot be decrypted comes back as a failed test of its own error type.
+        result = services.provider_config_test(config=config, user=user)
+        ok, error_type, message = result.ok, result.error_type or "", result.message
         latency_ms = round((time.monotonic() - started) * 1000)
         if len(message) > MESSAGE_WIDTH:
             message = message[: MESSAGE_WIDTH - 1] + "…"

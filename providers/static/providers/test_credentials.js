@@ -9,13 +9,17 @@ document.addEventListener("DOMContentLoaded", function () {
   button.addEventListener("click", async function () {
     const form = button.closest("form");
     result.textContent = "Testing…";
-    result.className = "";
+    result.className = "test-pending";
     try {
       const response = await fetch(button.dataset.url, {
         method: "POST",
         body: new FormData(form),
         credentials: "same-origin",
       });
+      // A server error page is HTML, not JSON: say what happened instead of a JSON parse error.
+      if (!(response.headers.get("Content-Type") || "").includes("application/json")) {
+        throw new Error("the server answered " + response.status + " " + response.statusText);
+      }
       const body = await response.json();
       let text = body.ok ? "OK: " + body.message : "Failed" + (body.error_type ? " (" + body.error_type + ")" : "") + ": " + body.message;
       if (body.errors) {
