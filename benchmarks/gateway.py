@@ -108,6 +108,7 @@ class Options:
     keep_logs: bool
     strict: bool
     ablate: str = ""
+    overhead_only: bool = False
 
 
 def parse_duration(text: str) -> float:
@@ -154,6 +155,9 @@ def parse_options(argv: list[str]) -> Options:
         help="Serve with this bespoke piece swapped for its idiomatic counterpart (benchmarks/ablate.py); runs "
         "scenarios 1 and 2 only.",
     )
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="Scenarios 1 and 2 only (the ablation's baseline)."
+    )
     parser.add_argument("--keep-logs", action="store_true", help="Keep the server logs even when all went well.")
     parser.add_argument("--strict", action="store_true", help="Exit 2 when a bar is missed (default: exit 0).")
     args = parser.parse_args(argv)
@@ -184,6 +188,7 @@ def parse_options(argv: list[str]) -> Options:
         keep_logs=args.keep_logs,
         strict=args.strict,
         ablate=args.ablate,
+        overhead_only=args.overhead_only or bool(args.ablate),
     )
 
 
@@ -796,7 +801,7 @@ def run_scenarios(bench: Bench) -> Results:
     immediate_one = bench.alternate("S1 c1", one)
     log("scenario 2: 16 clients, provider answering at once")
     immediate_many = bench.alternate("S2 c16", many)
-    if options.ablate:
+    if options.overhead_only:
         return Results(immediate_one, immediate_many, {}, list(bench.memory), {})
 
     slow_key = f"{PROVIDER_KEY}~latency={SLOW_PROVIDER_MS}"
@@ -1381,7 +1386,7 @@ def render_report(bench: Bench, database: ThrowawayDatabase, results: Results, s
     sections = [
         *report_one_client(results.immediate_one, verdicts),
         *report_many_clients(results.immediate_many, verdicts),
-        *report_slow(results.slow, results.slow_load, verdicts),
+        *(report_slow(results.slow, results.slow_load, verdicts) if results.slow else []),
         *report_memory(results.memory, verdicts),
         *(report_streaming(results, verdicts) if results.stream else []),
         *(report_faults(results.faults, verdicts) if results.faults else []),

@@ -27,8 +27,6 @@ from typing import Any
 
 import aiohttp
 import httpx2
-from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
-from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
 from runtime.aio import when_loop_closes
 
@@ -64,21 +62,35 @@ def _transport_error(exc: BaseException) -> type[httpx2.TransportError] | None:
     return None
 
 
-class _AiohttpTransport(AiohttpTransport):
-    """The SDKs' aiohttp transport, raising the httpx2 errors httpx2's own transport would.
+@functools.cache
+def aiohttp_classes() -> tuple[type[httpx2.AsyncClient], type]:
+    """The httpx2 client on aiohttp and our subclass of its transport.
 
-    Its own table maps every `ClientConnectionError`, a refused connection included, to `ConnectTimeout`, so
-    an unreachable provider would be reported as one that timed out.
+    The one place aditus reaches into an SDK's private module: the OpenAI SDK ships the client and the
+    transport in `openai._vendor.httpx_aiohttp` (the client's public face, `openai.DefaultAioHttpClient`, takes
+    no transport, and the transport has no public name). `tests/providers/test_pool.py` fails loudly if an
+    upgrade moves or changes them.
     """
+    from openai._vendor.httpx_aiohttp import Httpx2AiohttpClient
+    from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        try:
-            return await super().handle_async_request(request)
-        except httpx2.TransportError as exc:
-            error_class = _transport_error(exc.__cause__)
-            if error_class is None or isinstance(exc, error_class):
-                raise
-            raise error_class(str(exc), request=request) from exc.__cause__
+    class Transport(AiohttpTransport):
+        """The SDKs' aiohttp transport, raising the httpx2 errors httpx2's own transport would.
+
+        Its own table maps every `ClientConnectionError`, a refused connection included, to `ConnectTimeout`,
+        so an unreachable provider would be reported as one that timed out.
+        """
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            try:
+                return await super().handle_async_request(request)
+            except httpx2.TransportError as exc:
+                error_class = _transport_error(exc.__cause__)
+                if error_class is None or isinstance(exc, error_class):
+                    raise
+                raise error_class(str(exc), request=request) from exc.__cause__
+
+    return Httpx2AiohttpClient, Transport
 
 
 def _aiohttp_session() -> aiohttp.ClientSession:
@@ -175,8 +187,9 @@ class HttpPool:
         return found[1]
 
     def _new_async_client(self) -> httpx2.AsyncClient:
-        return Httpx2AiohttpClient(
-            transport=_AiohttpTransport(client=_aiohttp_session),
+        client_class, transport_class = aiohttp_classes()
+        return client_class(
+            transport=transport_class(client=_aiohttp_session),
             event_hooks=self._async_event_hooks,
             **self._options(),
         )
