@@ -30,12 +30,17 @@ pytestmark = [
 
 LETTER = json.dumps({"profile": "Ada Lovelace, Python developer.", "job": "Backend engineer at Acme."}).encode()
 LETTER_PATH = "/api/v1/cover-letter/generate"
+SERVER_APPLICATION_NAME = "aditus-faults-test"
 
 
 def server_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """The test database and production settings, as `deploy/entrypoint.sh serve` runs them."""
     settings = connection.settings_dict
-    url = f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    # The server's sessions carry a name of their own, so that only they are terminated, never the test's own.
+    url = (
+        f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+        f"?application_name={SERVER_APPLICATION_NAME}"
+    )
     metrics = tmp_path / "prometheus"
     metrics.mkdir(exist_ok=True)
     return {
@@ -106,11 +111,12 @@ def post(port: int, token: str, body: bytes = LETTER, *, timeout: float = 30) ->
 
 
 def terminate_the_servers_sessions() -> int:
-    """End every session on the test database but this one, as a database restart would; return how many."""
+    """End every session of the server, as a database restart would; return how many."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND application_name = %s",
+            [SERVER_APPLICATION_NAME],
         )
         return cursor.fetchone()[0]
 
