@@ -1,7 +1,7 @@
 """The provider clients, one per provider type, each on its own shared connection pool.
 
     client = get_client(ProviderType.OPENAI)
-    result = client.generate(endpoint, request, api_key=key)
+    result = await client.agenerate(endpoint, request, api_key=key)
 
 An SDK is imported the first time its client is asked for, so commands that never call a provider do not pay
 for importing all three.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anthropic
@@ -27,7 +27,6 @@ from .base import (
     ModelNotFoundError,
     PermissionDeniedError,
     ProviderError,
-    ProviderStream,
     ProviderTimeoutError,
     ProviderType,
     ProviderUnavailableError,
@@ -42,7 +41,6 @@ from .base import (
     built_locally,
     call_mapped,
     local_error,
-    next_mapped,
     parse_retry_after,
     provider_error,
     status_error,
@@ -166,14 +164,6 @@ class AnthropicClient(PooledSdkClient):
     sdk_class = anthropic.Anthropic
     async_sdk_class = anthropic.AsyncAnthropic
 
-    def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
-        def errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key)
-
-        messages = self._sdk(endpoint, api_key).messages
-        message = call_mapped(errors, messages.create, **built_locally(NAME, build_params, endpoint, request))
-        return result_from_message(message, request)
-
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
@@ -185,35 +175,9 @@ class AnthropicClient(PooledSdkClient):
         )
         return result_from_message(message, request)
 
-    def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
-        state = StreamState(model=endpoint.model, request=request)
-        return ProviderStream(self._events(endpoint, request, api_key, state), state)
-
     def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream:
         state = StreamState(model=endpoint.model, request=request)
         return AsyncProviderStream(self._aevents(endpoint, request, api_key, state), state)
-
-    def _events(
-        self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
-    ) -> Generator[StreamEvent, None, None]:
-        def errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key)
-
-        def midstream_errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key, midstream=True)
-
-        messages = self._sdk(endpoint, api_key).messages
-        stream = call_mapped(
-            errors, messages.create, **built_locally(NAME, build_params, endpoint, request), stream=True
-        )
-        usage: dict[str, Any] = {}
-        try:
-            while (event := next_mapped(midstream_errors, stream)) is not DONE:
-                if (text := _absorb(event, state, usage)) is not None:
-                    yield TextDelta(text)
-        finally:
-            stream.close()
-        yield StreamEnd(_finish(state, request))
 
     async def _aevents(
         self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState

@@ -11,7 +11,7 @@ import email.utils
 import enum
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -226,8 +226,17 @@ class StreamState:
         )
 
 
-class _StreamBase:
-    def __init__(self, state: StreamState):
+class AsyncProviderStream(AsyncIterator[StreamEvent]):
+    """One streamed generation: `TextDelta`s, then one `StreamEnd` carrying the full result and usage.
+
+    Nothing is sent until the first event is awaited; errors are `ProviderError`s raised from `__anext__()`. The
+    HTTP response is closed when the stream ends, fails, or is closed: a consumer that stops early (the client went
+    away) must call `aclose()` or use `async with`; a task cancelled while awaiting the next event (an ASGI client
+    disconnect) closes it too. Then `partial_usage()` and `text_so_far` tell what to record.
+    """
+
+    def __init__(self, events: AsyncGenerator[StreamEvent, None], state: StreamState):
+        self._events = events
         self._state = state
 
     @property
@@ -245,46 +254,6 @@ class _StreamBase:
         provider reported, with the missing counts estimated (`estimated=True`). Use it to record an aborted
         or failed stream."""
         return self._state.partial_usage()
-
-
-class ProviderStream(_StreamBase, Iterator[StreamEvent]):
-    """One streamed generation: `TextDelta`s, then one `StreamEnd` carrying the full result and usage.
-
-    Nothing is sent until the first `next()`; errors are `ProviderError`s raised from `next()`. The HTTP
-    response is closed when the stream ends, fails, or is closed: a consumer that stops early (the client
-    went away) must call `close()` or use `with` (Django's StreamingHttpResponse calls `close()`). Then
-    `partial_usage()` and `text_so_far` tell what to record.
-    """
-
-    def __init__(self, events: Generator[StreamEvent, None, None], state: StreamState):
-        super().__init__(state)
-        self._events = events
-
-    def __iter__(self) -> ProviderStream:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        return next(self._events)
-
-    def close(self) -> None:
-        self._events.close()
-
-    def __enter__(self) -> ProviderStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class AsyncProviderStream(_StreamBase, AsyncIterator[StreamEvent]):
-    """The async twin of `ProviderStream`: `aclose()` (or `async with`) closes the HTTP response.
-
-    A task cancelled while awaiting the next event (an ASGI client disconnect) closes it too.
-    """
-
-    def __init__(self, events: AsyncGenerator[StreamEvent, None], state: StreamState):
-        super().__init__(state)
-        self._events = events
 
     def __aiter__(self) -> AsyncProviderStream:
         return self
@@ -307,15 +276,11 @@ class ProviderClient(Protocol):
 
     provider_type: ProviderType
 
-    def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult: ...
-
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult: ...
 
-    def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
-        """Return the stream without sending anything yet; see `ProviderStream`."""
+    def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream:
+        """Return the stream without sending anything yet; see `AsyncProviderStream`."""
         ...
-
-    def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream: ...
 
     def check_credentials(self, endpoint: Endpoint, *, api_key: str) -> str:
         """Retrieve the configured model without spending tokens; return the model id the provider knows."""
@@ -497,7 +462,7 @@ def require_key(provider: str, api_key: str) -> None:
 
 
 _T = TypeVar("_T")
-DONE: Any = object()  # what `next_mapped` / `anext_mapped` return at the end
+DONE: Any = object()  # what `anext_mapped` returns at the end
 ErrorMapper = Callable[[Exception], ProviderError | None]
 
 
@@ -526,10 +491,6 @@ async def acall_mapped(map_error: ErrorMapper, awaitable: Awaitable[_T]) -> _T:
     raise error
 
 
-def next_mapped(map_error: ErrorMapper, iterator: Iterator[_T]) -> _T:
-    """`next(iterator)` with errors mapped as in `call_mapped`; returns `DONE` at the end."""
-    return call_mapped(map_error, next, iterator, DONE)
-
-
 async def anext_mapped(map_error: ErrorMapper, iterator: AsyncIterator[_T]) -> _T:
+    """`anext(iterator)` with errors mapped as in `call_mapped`; returns `DONE` at the end."""
     return await acall_mapped(map_error, anext(iterator, DONE))

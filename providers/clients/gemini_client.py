@@ -5,9 +5,9 @@ shared connection pool, so the key lives only as long as the call. `retry_option
 the SDK's retries off. Structured output uses `response_mime_type="application/json"` with
 `response_json_schema`.
 
-The SDK does not close the HTTP response of a sync stream that is abandoned early (and closes an async one
-only when the garbage collector finalises its inner generators), so the pool's response hook hands each
-stream the responses it opened and the stream closes them itself.
+The SDK closes the HTTP response of a stream that is abandoned early only when the garbage collector finalises
+its inner generators, so the pool's response hook hands each stream the responses it opened and the stream
+closes them itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextvars
 import json
 import re
 import threading
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from enum import Enum
 from typing import Any
 
@@ -35,7 +35,6 @@ from .base import (
     MalformedResponseError,
     PermissionDeniedError,
     ProviderError,
-    ProviderStream,
     ProviderType,
     StreamEnd,
     StreamEvent,
@@ -48,7 +47,6 @@ from .base import (
     call_mapped,
     error_class_for_status,
     local_error,
-    next_mapped,
     parse_retry_after,
     require_key,
     status_error,
@@ -67,14 +65,10 @@ _stream_responses: contextvars.ContextVar[list[httpx2.Response] | None] = contex
 )
 
 
-def _remember_response(response: httpx2.Response) -> None:
+async def _remember_response(response: httpx2.Response) -> None:
     responses = _stream_responses.get()
     if responses is not None:
         responses.append(response)
-
-
-async def _aremember_response(response: httpx2.Response) -> None:
-    _remember_response(response)
 
 
 def build_contents_and_config(request: GenerateRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -226,16 +220,13 @@ class GeminiClient:
     provider_type = ProviderType.GEMINI
 
     def __init__(self, pool: HttpPool | None = None):
-        self.pool = pool or HttpPool(
-            event_hooks={"response": [_remember_response]},
-            async_event_hooks={"response": [_aremember_response]},
-        )
+        self.pool = pool or HttpPool(async_event_hooks={"response": [_remember_response]})
         self._idle_async: httpx2.AsyncClient | None = None
         self._lock = threading.Lock()
 
     def _idle_async_client(self) -> httpx2.AsyncClient:
         # A genai.Client builds its own async pool (with its own SSL context, ~20 ms) unless it is given one.
-        # The clients made for sync calls never use it, so they all share this one, which sends nothing.
+        # The sync clients made for credential checks never use it, so they all share this one, which sends nothing.
         if self._idle_async is None:
             with self._lock:
                 if self._idle_async is None:
@@ -258,15 +249,6 @@ class GeminiClient:
         )
         return genai.Client(api_key=api_key, vertexai=False, http_options=http_options)
 
-    def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
-        def errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key)
-
-        models = self._sdk(endpoint, api_key).models
-        contents, config = built_locally(NAME, build_contents_and_config, request)
-        response = call_mapped(errors, models.generate_content, model=endpoint.model, contents=contents, config=config)
-        return result_from_response(response, request, endpoint.model)
-
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
@@ -278,47 +260,9 @@ class GeminiClient:
         )
         return result_from_response(response, request, endpoint.model)
 
-    def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
-        state = StreamState(model=endpoint.model, request=request)
-        return ProviderStream(self._events(endpoint, request, api_key, state), state)
-
     def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream:
         state = StreamState(model=endpoint.model, request=request)
         return AsyncProviderStream(self._aevents(endpoint, request, api_key, state), state)
-
-    def _events(
-        self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
-    ) -> Generator[StreamEvent, None, None]:
-        def errors(exc: Exception) -> ProviderError | None:
-            # Until the first chunk arrives nothing has been answered yet.
-            return map_error(exc, api_key=api_key, midstream=bool(state.text_parts))
-
-        models = self._sdk(endpoint, api_key).models
-        contents, config = built_locally(NAME, build_contents_and_config, request)
-        chunks = call_mapped(
-            errors, models.generate_content_stream, model=endpoint.model, contents=contents, config=config
-        )
-        responses: list[httpx2.Response] = []
-        try:
-            while True:
-                # The request goes out on the first step; the hook sees this variable only during a step,
-                # so the variable is set and reset within each one.
-                token = _stream_responses.set(responses)
-                try:
-                    chunk = next_mapped(errors, chunks)
-                finally:
-                    _stream_responses.reset(token)
-                if chunk is DONE:
-                    break
-                if (text := _absorb(chunk, state)) is not None:
-                    yield TextDelta(text)
-        finally:
-            try:
-                chunks.close()
-            finally:
-                for response in responses:
-                    response.close()
-        yield StreamEnd(_finish(state, request))
 
     async def _aevents(
         self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
@@ -329,6 +273,8 @@ class GeminiClient:
         models = self._sdk(endpoint, api_key, for_async=True).aio.models
         contents, config = built_locally(NAME, build_contents_and_config, request)
         responses: list[httpx2.Response] = []
+        # The hook sees this variable only while it is set here, so it is set and reset around each step, the
+        # one that sends the request and each that reads a chunk.
         token = _stream_responses.set(responses)
         try:
             chunks = await acall_mapped(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx2
@@ -31,7 +31,6 @@ from .base import (
     GenerateResult,
     MalformedResponseError,
     ProviderError,
-    ProviderStream,
     ProviderType,
     ProviderUnavailableError,
     RateLimitedError,
@@ -45,7 +44,6 @@ from .base import (
     built_locally,
     call_mapped,
     local_error,
-    next_mapped,
     parse_retry_after,
     provider_error,
     status_error,
@@ -190,15 +188,6 @@ class OpenAIClient(PooledSdkClient):
     sdk_class = openai.OpenAI
     async_sdk_class = openai.AsyncOpenAI
 
-    def generate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
-        def errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key)
-
-        sdk = self._sdk(endpoint, api_key)
-        body = built_locally(NAME, build_params, endpoint, request)
-        response = call_mapped(errors, sdk.post, COMPLETIONS_PATH, body=body, cast_to=httpx2.Response)
-        return result_from_response(response, request)
-
     async def agenerate(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> GenerateResult:
         def errors(exc: Exception) -> ProviderError | None:
             return map_error(exc, api_key=api_key)
@@ -211,33 +200,9 @@ class OpenAIClient(PooledSdkClient):
         )
         return result_from_response(response, request)
 
-    def stream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> ProviderStream:
-        state = StreamState(model=endpoint.model, request=request)
-        return ProviderStream(self._events(endpoint, request, api_key, state), state)
-
     def astream(self, endpoint: Endpoint, request: GenerateRequest, *, api_key: str) -> AsyncProviderStream:
         state = StreamState(model=endpoint.model, request=request)
         return AsyncProviderStream(self._aevents(endpoint, request, api_key, state), state)
-
-    def _events(
-        self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState
-    ) -> Generator[StreamEvent, None, None]:
-        def errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key)
-
-        def midstream_errors(exc: Exception) -> ProviderError | None:
-            return map_error(exc, api_key=api_key, midstream=True)
-
-        completions = self._sdk(endpoint, api_key).chat.completions
-        params = built_locally(NAME, build_params, endpoint, request)
-        stream = call_mapped(errors, completions.create, **params, stream=True, stream_options={"include_usage": True})
-        try:
-            while (chunk := next_mapped(midstream_errors, stream)) is not DONE:
-                if (text := _absorb(chunk, state)) is not None:
-                    yield TextDelta(text)
-        finally:
-            stream.close()
-        yield StreamEnd(_finish(state, request))
 
     async def _aevents(
         self, endpoint: Endpoint, request: GenerateRequest, api_key: str, state: StreamState

@@ -1,9 +1,10 @@
 """Shared HTTP connection pools for the provider SDKs.
 
-Each provider client owns one `HttpPool`: one `httpx2.Client` per base URL for the whole process, and one
-`httpx2.AsyncClient` per (running event loop, base URL). An async client's connections belong to the loop that
-opened them, and `async_to_sync` runs each call on a loop of its own, so async clients are never shared across
-loops; they are closed when their loop shuts down (`aditus.aio.when_loop_closes`).
+Each provider client owns one `HttpPool`: one `httpx2.Client` per base URL for the whole process (for the sync
+credential checks), and one `httpx2.AsyncClient` per (running event loop, base URL) for the calls that generate.
+An async client's connections belong to the loop that opened them, and `async_to_sync` runs each call on a loop of
+its own, so async clients are never shared across loops; they are closed when their loop shuts down
+(`runtime.aio.when_loop_closes`).
 
 The async clients use the aiohttp transport the OpenAI and Anthropic SDKs ship for this
 (`DefaultAioHttpClient`): the SDKs still build and send every request through httpx2's interface, and aiohttp
@@ -125,8 +126,7 @@ EventHooks = Mapping[str, list[Callable[..., Any]]]
 class HttpPool:
     """Pooled httpx2 clients for one provider, keyed by base URL (and, for async, by event loop)."""
 
-    def __init__(self, *, event_hooks: EventHooks | None = None, async_event_hooks: EventHooks | None = None):
-        self._event_hooks = dict(event_hooks or {})
+    def __init__(self, *, async_event_hooks: EventHooks | None = None):
         self._async_event_hooks = dict(async_event_hooks or {})
         self._lock = threading.Lock()
         self._clients: dict[str, httpx2.Client] = {}
@@ -150,7 +150,7 @@ class HttpPool:
             with self._lock:
                 client = self._clients.get(base_url)
                 if client is None or client.is_closed:
-                    client = httpx2.Client(event_hooks=self._event_hooks, **self._options())
+                    client = httpx2.Client(**self._options())
                     self._clients[base_url] = client
         return client
 
@@ -206,12 +206,12 @@ class PooledSdkClient:
     """SDK clients on this provider's shared connection pool, for the OpenAI and Anthropic SDKs (which take the
     same constructor arguments).
 
-    Sync calls build an SDK object per call, holding the key for that call only. Async calls, the gateway's
-    hot path, share one SDK object per (event loop, base URL, timeout, extra headers), built without the key;
-    each call sends its key in its own request headers (`key_headers`), so the plaintext still lives only as
-    long as the call. Building an SDK object costs about 0.1 ms of CPU, and a fresh async one spends a trip to a
-    thread on its first request (to read the platform for its telemetry headers): together a twentieth of the
-    gateway's budget per call.
+    The sync credential check builds an SDK object per call, holding the key for that call only. Async calls,
+    the gateway's hot path, share one SDK object per (event loop, base URL, timeout, extra headers), built
+    without the key; each call sends its key in its own request headers (`key_headers`), so the plaintext still
+    lives only as long as the call. Building an SDK object costs about 0.1 ms of CPU, and a fresh async one spends
+    a trip to a thread on its first request (to read the platform for its telemetry headers): together a twentieth
+    of the gateway's budget per call.
     """
 
     name: str

@@ -24,6 +24,7 @@ from providers.clients import get_client
 from providers.clients.anthropic_client import AnthropicClient
 from providers.clients.anthropic_client import usage_from_raw as anthropic_usage
 from providers.clients.base import (
+    AsyncProviderStream,
     AuthenticationError,
     BadRequestError,
     ClientSideError,
@@ -42,6 +43,7 @@ from providers.clients.base import (
     ProviderUnreachableError,
     RateLimitedError,
     StreamEnd,
+    StreamEvent,
     TextDelta,
     TokenUsage,
     scrub_secret,
@@ -162,22 +164,23 @@ def expected_usage(case: Case, output_text: str, *, images: int = 0, cached: int
     )
 
 
-def generate(case: Case, endpoint: Endpoint, request: GenerateRequest, mode: str, key: str | None = None):
+def generate(case: Case, endpoint: Endpoint, request: GenerateRequest, key: str | None = None) -> GenerateResult:
     client = get_client(case.type)
-    key = case.key if key is None else key
-    if mode == "sync":
-        return client.generate(endpoint, request, api_key=key)
-    return asyncio.run(client.agenerate(endpoint, request, api_key=key))
+    return asyncio.run(client.agenerate(endpoint, request, api_key=case.key if key is None else key))
 
 
-def stream_events(case: Case, endpoint: Endpoint, request: GenerateRequest, mode: str, key: str | None = None):
+def stream_events(
+    case: Case, endpoint: Endpoint, request: GenerateRequest, key: str | None = None
+) -> list[StreamEvent]:
     client = get_client(case.type)
-    key = case.key if key is None else key
-    if mode == "sync":
-        return list(client.stream(endpoint, request, api_key=key))
+    return events_of(client.astream(endpoint, request, api_key=case.key if key is None else key))
+
+
+def events_of(stream: AsyncProviderStream) -> list[StreamEvent]:
+    """Every event of `stream`, consumed on an event loop of its own."""
 
     async def collect():
-        return [event async for event in client.astream(endpoint, request, api_key=key)]
+        return [event async for event in stream]
 
     return asyncio.run(collect())
 
@@ -199,27 +202,17 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def busy_connections(client: httpx2.Client) -> int:
-    """Connections of a sync pooled client (httpcore) that are in the middle of a request or response."""
-    pool = client._transport._pool
-    return sum(1 for connection in pool.connections if not connection.is_idle() and not connection.is_closed())
-
-
 def async_connections(client: httpx2.AsyncClient) -> tuple[int, int]:
     """(busy, idle) connections of an async pooled client (its aiohttp connector)."""
     connector = client._transport.client.connector
     return len(connector._acquired), sum(len(idle) for idle in connector._conns.values())
 
 
-MODES = pytest.mark.parametrize("mode", ["sync", "async"])
-
-
 # Success
 
 
-@MODES
-def test_it_generates_text_and_counts_the_usage_exactly(case, fake_providers, mode):
-    result = generate(case, case.endpoint(fake_providers), REQUEST, mode)
+def test_it_generates_text_and_counts_the_usage_exactly(case, fake_providers):
+    result = generate(case, case.endpoint(fake_providers), REQUEST)
 
     text = reply(case)
     assert result == GenerateResult(
@@ -228,21 +221,19 @@ def test_it_generates_text_and_counts_the_usage_exactly(case, fake_providers, mo
     assert result.usage.raw[case.raw_input_field] > 0
 
 
-@MODES
-def test_it_asks_for_structured_output_natively_and_returns_the_json(case, fake_providers, mode):
+def test_it_asks_for_structured_output_natively_and_returns_the_json(case, fake_providers):
     request = dataclasses.replace(REQUEST, json_schema=SCHEMA, schema_name="colour")
 
-    result = generate(case, case.endpoint(fake_providers), request, mode)
+    result = generate(case, case.endpoint(fake_providers), request)
 
     assert json.loads(result.text) == SCHEMA_INSTANCE
     assert result.usage == expected_usage(case, result.text)
 
 
-@MODES
-def test_it_sends_an_image_with_the_text(case, fake_providers, mode):
+def test_it_sends_an_image_with_the_text(case, fake_providers):
     request = dataclasses.replace(REQUEST, image=ImageInput(PNG, "image/png"))
 
-    result = generate(case, case.endpoint(fake_providers), request, mode)
+    result = generate(case, case.endpoint(fake_providers), request)
 
     assert result.text == reply(case, images=1)
     assert result.usage == expected_usage(case, result.text, images=1)
@@ -251,7 +242,7 @@ def test_it_sends_an_image_with_the_text(case, fake_providers, mode):
 def test_cached_input_tokens_are_part_of_the_input_tokens(case, fake_providers):
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Cached-Tokens": "3"})
 
-    result = generate(case, endpoint, REQUEST, "sync")
+    result = generate(case, endpoint, REQUEST)
 
     # Anthropic reports input_tokens=5 and cache_read_input_tokens=3: the client adds them up.
     assert result.usage == expected_usage(case, result.text, cached=3)
@@ -259,15 +250,14 @@ def test_cached_input_tokens_are_part_of_the_input_tokens(case, fake_providers):
 
 def test_openai_reasoning_tokens_are_part_of_the_output_tokens(fake_providers):
     case = CASES[0]
-    result = generate(case, case.endpoint(fake_providers, model="o4-mini"), REQUEST, "sync")
+    result = generate(case, case.endpoint(fake_providers, model="o4-mini"), REQUEST)
 
     visible = tokens(result.text)
     assert (result.usage.output_tokens, result.usage.reasoning_tokens) == (3 * visible, 2 * visible)
 
 
-@MODES
-def test_it_streams_deltas_then_one_end_with_the_full_result(case, fake_providers, mode):
-    events = stream_events(case, case.endpoint(fake_providers), REQUEST, mode)
+def test_it_streams_deltas_then_one_end_with_the_full_result(case, fake_providers):
+    events = stream_events(case, case.endpoint(fake_providers), REQUEST)
 
     *deltas, end = events
     assert len(deltas) > 1 and all(isinstance(event, TextDelta) for event in deltas)
@@ -279,9 +269,9 @@ def test_it_streams_deltas_then_one_end_with_the_full_result(case, fake_provider
 
 
 def test_a_finished_stream_reports_its_final_usage_as_partial_usage(case, fake_providers):
-    stream = get_client(case.type).stream(case.endpoint(fake_providers), REQUEST, api_key=case.key)
+    stream = get_client(case.type).astream(case.endpoint(fake_providers), REQUEST, api_key=case.key)
 
-    *_, end = list(stream)
+    *_, end = events_of(stream)
 
     assert stream.result == end.result
     assert stream.partial_usage() == end.result.usage and not stream.partial_usage().estimated
@@ -305,11 +295,10 @@ def test_the_registry_hands_out_one_client_per_provider():
 # Failures
 
 
-@MODES
-def test_a_bad_key_is_an_authentication_error_without_the_key_in_it(case, fake_providers, mode):
+def test_a_bad_key_is_an_authentication_error_without_the_key_in_it(case, fake_providers):
     bad_key = case.key.replace("test", "revoked")
 
-    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, mode, key=bad_key))
+    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, key=bad_key))
 
     assert type(error) is AuthenticationError and error.fallback_ok
     assert error.status_code == case.bad_key_status  # Gemini says 400 API_KEY_INVALID
@@ -322,7 +311,7 @@ def test_a_bad_key_fails_a_stream_and_a_credentials_check_too(case, fake_provide
     client = get_client(case.type)
 
     errors = [
-        failure(lambda: list(client.stream(case.endpoint(fake_providers), REQUEST, api_key=bad_key))),
+        failure(lambda: events_of(client.astream(case.endpoint(fake_providers), REQUEST, api_key=bad_key))),
         failure(lambda: client.check_credentials(case.endpoint(fake_providers), api_key=bad_key)),
     ]
 
@@ -331,7 +320,7 @@ def test_a_bad_key_fails_a_stream_and_a_credentials_check_too(case, fake_provide
 
 
 def test_an_empty_key_is_refused_before_anything_is_sent(case, fake_providers):
-    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, "sync", key=""))
+    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, key=""))
 
     assert type(error) is AuthenticationError and error.status_code is None
 
@@ -339,7 +328,7 @@ def test_an_empty_key_is_refused_before_anything_is_sent(case, fake_providers):
 def test_a_key_without_permission_is_a_permission_error(case, fake_providers):
     key = case.key.replace("test", "noperm")
 
-    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, "sync", key=key))
+    error = failure(lambda: generate(case, case.endpoint(fake_providers), REQUEST, key=key))
 
     assert type(error) is PermissionDeniedError and error.status_code == 403
 
@@ -349,20 +338,19 @@ def test_an_unknown_model_is_model_not_found(case, fake_providers):
     client = get_client(case.type)
 
     errors = [
-        failure(lambda: client.generate(endpoint, REQUEST, api_key=case.key)),
+        failure(lambda: asyncio.run(client.agenerate(endpoint, REQUEST, api_key=case.key))),
         failure(lambda: client.check_credentials(endpoint, api_key=case.key)),
     ]
 
     assert [(type(error), error.status_code) for error in errors] == [(ModelNotFoundError, 404)] * 2
 
 
-@MODES
-def test_rate_limiting_carries_the_retry_after_header(case, fake_providers, mode):
+def test_rate_limiting_carries_the_retry_after_header(case, fake_providers):
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Fail": "429"})
 
     errors = [
-        failure(lambda: generate(case, endpoint, REQUEST, mode)),
-        failure(lambda: stream_events(case, endpoint, REQUEST, mode)),
+        failure(lambda: generate(case, endpoint, REQUEST)),
+        failure(lambda: stream_events(case, endpoint, REQUEST)),
     ]
 
     assert [(type(e), e.status_code, e.retry_after) for e in errors] == [(RateLimitedError, 429, 1.0)] * 2
@@ -383,62 +371,62 @@ def test_provider_outages_are_unavailable_errors_with_their_status(case, fake_pr
     started = time.monotonic()
 
     errors = [
-        failure(lambda: generate(case, endpoint, REQUEST, "sync")),
-        failure(lambda: generate(case, endpoint, REQUEST, "async")),
-        failure(lambda: stream_events(case, endpoint, REQUEST, "sync")),
+        failure(lambda: generate(case, endpoint, REQUEST)),
+        failure(lambda: stream_events(case, endpoint, REQUEST)),
     ]
 
     # Only Anthropic has a 529; OpenAI and Gemini answer 503 for it.
     status = 503 if fail == "529" and case.type is not ProviderType.CLAUDE else int(fail)
-    assert [(type(e), e.status_code, e.fallback_ok) for e in errors] == [(ProviderUnavailableError, status, True)] * 3
+    assert [(type(e), e.status_code, e.fallback_ok) for e in errors] == [(ProviderUnavailableError, status, True)] * 2
     assert time.monotonic() - started < 1.0, "an SDK retried on its own"
 
 
 def test_the_sdks_do_not_retry(case, fake_providers):
     requests: list[httpx2.Request] = []
-    client = case.client_class(pool=HttpPool(event_hooks={"request": [requests.append]}))
+
+    async def sent(request: httpx2.Request) -> None:
+        requests.append(request)
+
+    client = case.client_class(pool=HttpPool(async_event_hooks={"request": [sent]}))
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Fail": "503"})
 
-    failure(lambda: client.generate(endpoint, REQUEST, api_key=case.key))
+    failure(lambda: asyncio.run(client.agenerate(endpoint, REQUEST, api_key=case.key)))
 
     assert len(requests) == 1
 
 
-@pytest.mark.parametrize("call", ["generate", "agenerate", "stream"])
+@pytest.mark.parametrize("call", ["agenerate", "astream"])
 def test_a_provider_that_does_not_answer_times_out(case, fake_providers, call):
     endpoint = case.endpoint(fake_providers, timeout=0.2, extra_headers={"X-Fake-Fail": "timeout"})
-    mode = "async" if call == "agenerate" else "sync"
     started = time.monotonic()
 
-    if call == "stream":
-        error = failure(lambda: stream_events(case, endpoint, REQUEST, mode))
+    if call == "astream":
+        error = failure(lambda: stream_events(case, endpoint, REQUEST))
     else:
-        error = failure(lambda: generate(case, endpoint, REQUEST, mode))
+        error = failure(lambda: generate(case, endpoint, REQUEST))
 
     assert type(error) is ProviderTimeoutError and error.fallback_ok
     assert time.monotonic() - started < 2.0
 
 
-@pytest.mark.parametrize("call", ["generate", "agenerate", "stream", "astream"])
+@pytest.mark.parametrize("call", ["agenerate", "astream"])
 def test_a_body_that_is_not_json_is_a_malformed_response(case, fake_providers, call):
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Fail": "malformed"})
-    mode = "async" if call.startswith("a") else "sync"
 
-    if call.endswith("stream"):
-        error = failure(lambda: stream_events(case, endpoint, REQUEST, mode))
+    if call == "astream":
+        error = failure(lambda: stream_events(case, endpoint, REQUEST))
     else:
-        error = failure(lambda: generate(case, endpoint, REQUEST, mode))
+        error = failure(lambda: generate(case, endpoint, REQUEST))
 
     assert type(error) is MalformedResponseError and error.fallback_ok
 
 
-@MODES
-def test_an_unreachable_endpoint_is_unreachable(case, mode):
+def test_an_unreachable_endpoint_is_unreachable(case):
     endpoint = Endpoint(case.type, case.model, base_url=f"http://127.0.0.1:{closed_port()}/x", timeout=2)
 
     errors = [
-        failure(lambda: generate(case, endpoint, REQUEST, mode)),
-        failure(lambda: stream_events(case, endpoint, REQUEST, mode)),
+        failure(lambda: generate(case, endpoint, REQUEST)),
+        failure(lambda: stream_events(case, endpoint, REQUEST)),
         failure(lambda: get_client(case.type).check_credentials(endpoint, api_key=case.key)),
     ]
 
@@ -452,29 +440,28 @@ ENCODING_SDKS = [case for case in CASES if case.type is not ProviderType.GEMINI]
 
 
 @pytest.mark.parametrize("case", ENCODING_SDKS, ids=lambda case: case.type.value)
-@pytest.mark.parametrize("call", ["sync", "async", "stream", "astream"])
+@pytest.mark.parametrize("call", ["agenerate", "astream"])
 def test_text_that_cannot_be_encoded_fails_on_our_side_before_anything_is_sent(case, call):
     # A closed port: had anything been sent, the error would say the provider is unreachable.
     endpoint = Endpoint(case.type, case.model, base_url=f"http://127.0.0.1:{closed_port()}/x", timeout=2)
     request = dataclasses.replace(REQUEST, user_text="cut in the middle of an emoji \ud83d")
 
-    if call in ("sync", "async"):
-        error = failure(lambda: generate(case, endpoint, request, call))
+    if call == "astream":
+        error = failure(lambda: stream_events(case, endpoint, request))
     else:
-        error = failure(lambda: stream_events(case, endpoint, request, "async" if call == "astream" else "sync"))
+        error = failure(lambda: generate(case, endpoint, request))
 
     assert type(error) is ClientSideError
     assert (error.error_type, error.fallback_ok, error.status_code) == (ErrorType.LOCAL, False, None)
     assert "UnicodeEncodeError" in str(error) and "ud83d" not in str(error)
 
 
-@MODES
-def test_a_request_our_code_cannot_build_fails_on_our_side(case, mode):
+def test_a_request_our_code_cannot_build_fails_on_our_side(case):
     endpoint = Endpoint(case.type, case.model, base_url=f"http://127.0.0.1:{closed_port()}/x", timeout=2)
     # A schema holding something JSON cannot represent: a bug of ours, whatever the provider.
     request = dataclasses.replace(REQUEST, json_schema={"type": "object", "enum": {object()}})
 
-    error = failure(lambda: generate(case, endpoint, request, mode))
+    error = failure(lambda: generate(case, endpoint, request))
 
     assert type(error) is ClientSideError and not error.fallback_ok
 
@@ -482,13 +469,12 @@ def test_a_request_our_code_cannot_build_fails_on_our_side(case, mode):
 def test_a_body_cut_short_is_a_lost_connection(case, fake_providers):
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Fail": "midstream"})
 
-    error = failure(lambda: generate(case, endpoint, REQUEST, "sync"))
+    error = failure(lambda: generate(case, endpoint, REQUEST))
 
     assert type(error) is ProviderUnreachableError and "connection was lost" in str(error)
 
 
-@MODES
-def test_a_stream_that_breaks_midway_says_what_it_had_consumed(case, fake_providers, mode):
+def test_a_stream_that_breaks_midway_says_what_it_had_consumed(case, fake_providers):
     endpoint = case.endpoint(fake_providers, extra_headers={"X-Fake-Fail": "midstream"})
     client = get_client(case.type)
     seen: list[str] = []
@@ -497,12 +483,8 @@ def test_a_stream_that_breaks_midway_says_what_it_had_consumed(case, fake_provid
         async for event in stream:
             seen.append(event.text)
 
-    if mode == "sync":
-        stream = client.stream(endpoint, REQUEST, api_key=case.key)
-        error = failure(lambda: [seen.append(event.text) for event in stream])
-    else:
-        stream = client.astream(endpoint, REQUEST, api_key=case.key)
-        error = failure(lambda: asyncio.run(consume(stream)))
+    stream = client.astream(endpoint, REQUEST, api_key=case.key)
+    error = failure(lambda: asyncio.run(consume(stream)))
 
     assert type(error) is ProviderUnavailableError and "mid-stream" in str(error)
     assert seen and stream.text_so_far == "".join(seen) and stream.result is None
@@ -525,7 +507,7 @@ def test_no_error_message_holds_the_key(case, fake_providers):
 
     def message(key: str, headers: dict[str, str]) -> str:
         endpoint = case.endpoint(fake_providers, extra_headers=headers)
-        return str(failure(lambda: client.generate(endpoint, REQUEST, api_key=key)))
+        return str(failure(lambda: asyncio.run(client.agenerate(endpoint, REQUEST, api_key=key))))
 
     messages = [message(k, headers) for k, headers in scenarios]
 
@@ -537,22 +519,6 @@ def test_no_error_message_holds_the_key(case, fake_providers):
 
 
 def test_a_stream_closed_early_closes_its_http_response(case, fake_providers):
-    client = case.client_class()
-    stream = client.stream(case.endpoint(fake_providers), REQUEST, api_key=case.key)
-    pool = client.pool.client(case.base_url(fake_providers))
-
-    first = next(stream)
-    assert isinstance(first, TextDelta) and busy_connections(pool) == 1
-    stream.close()
-
-    assert busy_connections(pool) == 0
-    assert stream.text_so_far == first.text
-    usage = stream.partial_usage()
-    assert usage.estimated and usage.input_tokens == tokens(SYSTEM) + tokens(PROMPT)
-    assert usage.output_tokens >= tokens(first.text)
-
-
-def test_an_async_stream_closed_early_closes_its_http_response(case, fake_providers):
     client = case.client_class()
 
     # The provider stalls after the first delta, so the response is surely still open when the stream is closed.
@@ -568,22 +534,30 @@ def test_an_async_stream_closed_early_closes_its_http_response(case, fake_provid
 
     first, busy_before, busy_after, stream = asyncio.run(scenario())
 
+    assert isinstance(first, TextDelta)
     assert (busy_before, busy_after) == (1, 0)
-    assert stream.text_so_far == first.text and stream.partial_usage().estimated
+    assert stream.text_so_far == first.text
+    usage = stream.partial_usage()
+    assert usage.estimated and usage.input_tokens == tokens(SYSTEM) + tokens(PROMPT)
+    assert usage.output_tokens >= tokens(first.text)
 
 
 def test_calls_share_one_pooled_connection_that_holds_no_key(case, fake_providers):
     client = case.client_class()
     endpoint = case.endpoint(fake_providers)
 
-    client.generate(endpoint, REQUEST, api_key=case.key)
-    list(client.stream(endpoint, REQUEST, api_key=case.key))
-    client.generate(endpoint, REQUEST, api_key=case.key)
+    async def three_calls():
+        await client.agenerate(endpoint, REQUEST, api_key=case.key)
+        [event async for event in client.astream(endpoint, REQUEST, api_key=case.key)]
+        await client.agenerate(endpoint, REQUEST, api_key=case.key)
+        pool = client.pool.async_client(case.base_url(fake_providers))
+        return pool, async_connections(pool), client.pool.async_client("http://127.0.0.1:1/other")
 
-    pool = client.pool.client(case.base_url(fake_providers))
-    assert len(pool._transport._pool.connections) == 1
+    pool, connections, other = asyncio.run(three_calls())
+
+    assert connections == (0, 1)  # all three calls on one connection, idle again
     assert case.key not in str(pool.headers)
-    assert client.pool.client("http://127.0.0.1:1/other") is not pool
+    assert other is not pool
 
 
 def test_async_pools_are_per_event_loop(case, fake_providers):
@@ -686,12 +660,12 @@ def test_recorded_openai_answers_parse(fake_providers):
     case = CASES[0]
     endpoint = Endpoint(case.type, "gpt-4o-mini", base_url="http://recorded/v1")
     client, _ = replay(case, recorded("openai_chat_ok.json"))
-    assert client.generate(endpoint, REQUEST, api_key=case.key) == GenerateResult(
+    assert asyncio.run(client.agenerate(endpoint, REQUEST, api_key=case.key)) == GenerateResult(
         "YES", "gpt-4o-mini-2024-07-18", "stop", TokenUsage(input_tokens=146, output_tokens=3)
     )
 
     client, pool = replay(case, recorded("openai_chat_stream.sse"), content_type="text/event-stream")
-    *_, end = list(client.stream(endpoint, REQUEST, api_key=case.key))
+    *_, end = events_of(client.astream(endpoint, REQUEST, api_key=case.key))
     assert end.result == GenerateResult(
         "Hello! How can I assist you today?",
         "gpt-4o-2024-08-06",
@@ -707,7 +681,7 @@ def test_recorded_openai_answers_parse(fake_providers):
         json_schema=schema_request["response_format"]["json_schema"]["schema"],
         schema_name="MathResponse",
     )
-    result = client.generate(endpoint, request, api_key=case.key)
+    result = asyncio.run(client.agenerate(endpoint, request, api_key=case.key))
     assert json.loads(result.text)["final_answer"] == "x = -\\frac{29}{8}"
     assert pool.sent_json()["response_format"] == schema_request["response_format"]
 
@@ -752,7 +726,11 @@ def test_the_request_carries_the_prompt_and_the_limits(case_index, answer, expec
         body = body.removeprefix(b"data: ")
     client, pool = replay(case, body)
 
-    client.generate(Endpoint(case.type, case.model), dataclasses.replace(REQUEST, temperature=0.2), api_key=case.key)
+    asyncio.run(
+        client.agenerate(
+            Endpoint(case.type, case.model), dataclasses.replace(REQUEST, temperature=0.2), api_key=case.key
+        )
+    )
 
     sent = pool.sent_json()
     assert {name: sent.get(name) for name in expected} == expected
@@ -764,7 +742,9 @@ def test_our_openai_image_request_has_the_recorded_shape():
     recorded_request = json.loads(recorded("openai_chat_image_base64_request.json"))
     request = GenerateRequest(system="", user_text="What's in this image?", image=ImageInput(PNG, "image/png"))
 
-    result = client.generate(Endpoint(case.type, "gpt-4o-mini", base_url="http://recorded/v1"), request, api_key="sk-x")
+    result = asyncio.run(
+        client.agenerate(Endpoint(case.type, "gpt-4o-mini", base_url="http://recorded/v1"), request, api_key="sk-x")
+    )
 
     assert pool.sent_json()["messages"] == recorded_request["messages"]
     assert result.usage == TokenUsage(input_tokens=8512, output_tokens=32)
@@ -774,14 +754,14 @@ def test_recorded_anthropic_answers_parse():
     case = CASES[1]
     endpoint = Endpoint(case.type, "claude-haiku-4-5", base_url="http://recorded")
     client, pool = replay(case, recorded("anthropic_messages_ok_sdk_snapshot.json"))
-    result = client.generate(endpoint, dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key=case.key)
+    result = asyncio.run(client.agenerate(endpoint, dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key=case.key))
     assert json.loads(result.text)["total"] == 14.0
     assert (result.model, result.finish_reason) == ("claude-sonnet-4-5-20250929", "end_turn")
     assert result.usage == TokenUsage(input_tokens=406, output_tokens=50)
     assert pool.sent_json()["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
 
     client, _ = replay(case, recorded("anthropic_messages_stream.sse"), content_type="text/event-stream")
-    *deltas, end = list(client.stream(endpoint, REQUEST, api_key=case.key))
+    *deltas, end = events_of(client.astream(endpoint, REQUEST, api_key=case.key))
     assert [delta.text for delta in deltas] == ["Hello"]
     # message_start said input 10 / output 2; message_delta's running count (4) wins.
     assert end.result == GenerateResult(
@@ -793,7 +773,7 @@ def test_recorded_gemini_answers_parse():
     case = CASES[2]
     endpoint = Endpoint(case.type, "gemini-2.5-flash", base_url="http://recorded")
     client, pool = replay(case, recorded("gemini_stream_sse_single_chunk.sse"), content_type="text/event-stream")
-    *_, end = list(client.stream(endpoint, REQUEST, api_key=case.key))
+    *_, end = events_of(client.astream(endpoint, REQUEST, api_key=case.key))
     assert end.result == GenerateResult(
         "The capital of France is **Paris**.",
         "gemini-2.5-flash",
@@ -806,7 +786,7 @@ def test_recorded_gemini_answers_parse():
     chunks = json.loads(recorded("gemini_stream_json_array.json"))
     sse = b"".join(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n" for chunk in chunks)
     client, _ = replay(case, sse, content_type="text/event-stream")
-    *deltas, end = list(client.stream(endpoint, REQUEST, api_key=case.key))
+    *deltas, end = events_of(client.astream(endpoint, REQUEST, api_key=case.key))
     assert [delta.text for delta in deltas] == ["Scoop"]
     assert end.result.usage == TokenUsage(input_tokens=11, output_tokens=2 + 291, reasoning_tokens=291)
 
@@ -815,7 +795,7 @@ def test_recorded_gemini_answers_parse():
         "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 6},
     }
     client, pool = replay(case, json.dumps(answer).encode())
-    result = client.generate(endpoint, dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key=case.key)
+    result = asyncio.run(client.agenerate(endpoint, dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key=case.key))
     assert json.loads(result.text) == SCHEMA_INSTANCE
     config = pool.sent_json()["generationConfig"]
     assert (config["responseMimeType"], config["responseJsonSchema"]) == ("application/json", SCHEMA)
@@ -871,7 +851,7 @@ def test_recorded_error_bodies_map_to_typed_errors(case_index, name, status, exp
     client, _ = replay(case, recorded(name), status=status, headers={"retry-after": "20"})
     endpoint = Endpoint(case.type, case.model, base_url="http://recorded")
 
-    error = failure(lambda: client.generate(endpoint, REQUEST, api_key="sk-not-a-real-key"))
+    error = failure(lambda: asyncio.run(client.agenerate(endpoint, REQUEST, api_key="sk-not-a-real-key")))
 
     assert type(error) is expected and error.status_code == status
     assert error.retry_after == (20.0 if status == 429 else None)
@@ -890,7 +870,11 @@ def test_a_gemini_429_without_a_header_takes_the_retry_delay_from_the_body():
     }
     client, _ = replay(CASES[2], json.dumps(body).encode(), status=429)
 
-    error = failure(lambda: client.generate(Endpoint(ProviderType.GEMINI, "gemini-2.5-flash"), REQUEST, api_key="AIza"))
+    error = failure(
+        lambda: asyncio.run(
+            client.agenerate(Endpoint(ProviderType.GEMINI, "gemini-2.5-flash"), REQUEST, api_key="AIza")
+        )
+    )
 
     assert type(error) is RateLimitedError and error.retry_after == 37.0
 
@@ -919,7 +903,7 @@ def test_a_bad_request_is_not_worth_another_provider(case_index, body):
     case = CASES[case_index]
     client, _ = replay(case, json.dumps(body).encode(), status=400)
 
-    error = failure(lambda: client.generate(Endpoint(case.type, case.model), REQUEST, api_key=case.key))
+    error = failure(lambda: asyncio.run(client.agenerate(Endpoint(case.type, case.model), REQUEST, api_key=case.key)))
 
     assert type(error) is BadRequestError and not error.fallback_ok and error.status_code == 400
     assert "temperature" in str(error) or "max_tokens" in str(error)
@@ -930,8 +914,10 @@ def test_structured_output_that_is_not_json_is_malformed():
     client, _ = replay(case, recorded("openai_chat_ok.json"))  # content "YES"
 
     error = failure(
-        lambda: client.generate(
-            Endpoint(case.type, case.model), dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key="sk-x"
+        lambda: asyncio.run(
+            client.agenerate(
+                Endpoint(case.type, case.model), dataclasses.replace(REQUEST, json_schema=SCHEMA), api_key="sk-x"
+            )
         )
     )
 
@@ -941,7 +927,7 @@ def test_structured_output_that_is_not_json_is_malformed():
 def test_a_200_without_the_required_parts_is_malformed(case):
     client, _ = replay(case, b'{"id": "x"}')
 
-    error = failure(lambda: client.generate(Endpoint(case.type, case.model), REQUEST, api_key=case.key))
+    error = failure(lambda: asyncio.run(client.agenerate(Endpoint(case.type, case.model), REQUEST, api_key=case.key)))
 
     assert type(error) is MalformedResponseError
 
