@@ -41,6 +41,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db import utils as django_errors
 from django.utils.dateparse import parse_datetime
 
+from runtime.batches import Batches, loop_batches
 from runtime.threads import run_in_thread
 
 Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
@@ -71,6 +72,54 @@ async def execute(statements: Sequence[Statement], *, atomic: bool = True) -> li
         except psycopg.Error as error:
             raise _as_django_error(error) from error
     raise AssertionError("unreachable")
+
+
+async def execute_shared(statements: Sequence[Statement], *, order: int = 0) -> list[Rows]:
+    """`execute` for statements that may share one message (and its transaction) with those other requests of
+    this event loop send at the same moment: under load, one round trip and one commit for several requests
+    instead of one each (`Batches`, at most SHARED_IN_FLIGHT messages at a time). Each request's statements stay
+    together, the groups sorted by `order` (the lock order: the caller's, e.g. a config's id). If the shared
+    message fails for a reason other than the database being unreachable, each group is sent again alone, so
+    that one group's error is its own. On SQLite, `execute`.
+
+    Only for groups whose statements hold no lock another group of the same message could need first, in an
+    order other than `order`: reads, and reservations (usage.services)."""
+    if vendor() != "postgresql":
+        return await execute(statements)
+    return await loop_batches("runtime.db.shared", _shared_batches).run((order, statements))
+
+
+SHARED_IN_FLIGHT = 4
+
+
+def _shared_batches() -> Batches:
+    return Batches(_execute_groups, max_in_flight=SHARED_IN_FLIGHT, max_items=32)
+
+
+async def _execute_groups(groups: list[tuple[int, Sequence[Statement]]]) -> list[list[Rows] | Exception]:
+    if len(groups) == 1:
+        return [await _answer(groups[0][1])]
+    in_order = sorted(range(len(groups)), key=lambda position: groups[position][0])
+    try:
+        rows = await execute([statement for position in in_order for statement in groups[position][1]])
+    except django_errors.DatabaseError as error:
+        if is_unavailable(error):
+            return [error] * len(groups)
+        return [await _answer(statements) for _order, statements in groups]
+    answers: list = [None] * len(groups)
+    start = 0
+    for position in in_order:
+        end = start + len(groups[position][1])
+        answers[position] = rows[start:end]
+        start = end
+    return answers
+
+
+async def _answer(statements: Sequence[Statement]) -> list[Rows] | Exception:
+    try:
+        return await execute(statements)
+    except django_errors.DatabaseError as error:
+        return error
 
 
 def execute_sync(statements: Sequence[Statement], *, atomic: bool = True) -> list[Rows]:
@@ -208,6 +257,26 @@ def _as_django_error(error: psycopg.Error) -> django_errors.DatabaseError:
         if isinstance(error, driver_class):
             return django_class(*error.args)
     return django_errors.DatabaseError(*error.args)
+
+
+# psycopg remembers how it splits a query around its placeholders only for queries of up to 4096 bytes and 50
+# parameters. The rollup upserts (usage.rollups) are about 5 KB with 53: without a wider bound they were split
+# again for every recorded call, ~0.1 ms of CPU each. The bound stays a bound (psycopg's cache keeps 128 queries).
+CACHED_QUERY_BYTES = 16 * 1024
+CACHED_QUERY_PARAMETERS = 256
+
+
+def psycopg_query_cache_widen() -> None:
+    """Raise psycopg's size bounds for the queries whose splitting it caches. The one place aditus sets a private
+    attribute of a library (`psycopg._queries`, which has no public setting for it); tests/runtime/test_db.py fails
+    if an upgrade removes them."""
+    from psycopg import _queries
+
+    _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, CACHED_QUERY_BYTES)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, CACHED_QUERY_PARAMETERS)
+
+
+psycopg_query_cache_widen()
 
 
 # The pool of a serving event loop: opened by `pool_open` (the ASGI lifespan's start-up, see `runtime.asgi`) and

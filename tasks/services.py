@@ -3,9 +3,10 @@
     request_prepare  authenticate, read the input, load the candidate configs with their cooldowns, and reserve
                      tokens for the first candidate that has room
 
-A bearer token and the candidates are read together, in one round trip from the event loop (`runtime.db`); a
-session is read in a thread (Django's session store is synchronous). The same code runs on SQLite and
-PostgreSQL. Nothing here holds a transaction or a connection across a provider call.
+A bearer token and the candidates are read together, in one round trip from the event loop, shared with the
+requests that prepare at the same moment (`runtime.db.execute_shared`); a session is read in a thread (Django's
+session store is synchronous). The same code runs on SQLite and PostgreSQL. Nothing here holds a transaction or
+a connection across a provider call.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ async def request_prepare(
     if secret is None and settings.SESSION_COOKIE_NAME not in request.COOKIES:
         raise TaskError(401, "not_authenticated", NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     statements = [candidates_query(task)] if secret is None else [token_query(secret), candidates_query(task)]
-    rows = await db.execute(statements, atomic=False)
+    rows = await db.execute_shared(statements)
     if secret is None:
         user = await run_in_thread(session_user, request)
     else:

@@ -17,8 +17,8 @@ nothing twice); delete the reservations; insert the usage rows; add them to the 
 health. A crossed budget threshold is inserted just after (`usage.alerts`).
 
 Lock order, so that concurrent reservations, settlements and sweeps cannot deadlock: reservation rows in id
-order, then month counters in id order, then day counters in id order, then rollup rows in key order, then
-cooldown rows in config order.
+order, then counters by config (month before day), then rollup rows in key order, then cooldown rows in config
+order. Reservations that share a message (`runtime.db.execute_shared`) go in config order too.
 
 Commits stay synchronous (durable): the usage rows are the audit of what calls cost.
 """
@@ -332,7 +332,7 @@ async def tokens_reserve_async(
     _sweep_if_due(now, in_background=True)
     reserving = _Reserving(config, tokens, hold, now)
     try:
-        return reserving.outcome(await db.execute(reserving.statements))
+        return reserving.outcome(await db.execute_shared(reserving.statements, order=config.pk))
     except IntegrityError as error:
         if db.violated_constraint(error) != _RESERVATION_KEY:
             raise
@@ -381,30 +381,32 @@ class _Recording:
         reserved = sorted({attempt.reservation.id for attempt in attempts if attempt.reservation is not None})
         if reserved:
             statements.append((_reservations_lock(len(reserved)), reserved))
-        # Each counter: the tokens of its attempts in, their reservations out. Months, then days, by id.
-        counters: dict[tuple[int, int], tuple[int, list[int]]] = {}  # (0 month / 1 day, id) -> (tokens, ids)
+        # Each counter: the tokens of its attempts in, their reservations out; by config, month before day (the
+        # lock order reservations follow too).
+        counting: dict[tuple[int, int, int], tuple[int, list[int]]] = {}  # (config, 0 month/1 day, id) -> ...
         for attempt in attempts:
             reservation = attempt.reservation
             if reservation is None:
                 continue
             for order, counter_id in ((0, reservation.month_counter_id), (1, reservation.day_counter_id)):
-                tokens, ids = counters.get((order, counter_id), (0, []))
-                counters[(order, counter_id)] = (tokens + attempt.total, [*ids, reservation.id])
-        self.counted: list[tuple[int, ProviderConfig | None]] = []  # per counting statement: tokens, config
+                key = (reservation.config_id, order, counter_id)
+                tokens, ids = counting.get(key, (0, []))
+                counting[key] = (tokens + attempt.total, [*ids, reservation.id])
+        counters: list[tuple[tuple, db.Statement, tuple[int, ProviderConfig | None]]] = [
+            (key, (_counter_settle(len(ids)), [tokens, *ids, key[2]]), (tokens, None))
+            for key, (tokens, ids) in counting.items()
+        ]
+        for attempt in attempts:
+            if attempt.counts_without_reservation:
+                windows = Windows.at(attempt.record.created_at)
+                for order, period in enumerate((Period.MONTH, Period.DAY)):
+                    params = [attempt.config.pk, period.value, windows.start(period), attempt.total]
+                    statement = (_COUNTER_ADD_USED, params)
+                    counters.append(((attempt.config.pk, order, 0), statement, (attempt.total, attempt.config)))
+        counters.sort(key=lambda counter: counter[0])
         configs = {attempt.reservation.config_id: attempt.config for attempt in attempts if attempt.reservation}
-        unreserved = sorted(
-            (attempt for attempt in attempts if attempt.counts_without_reservation), key=lambda a: a.config.pk
-        )
-        for order in (0, 1):
-            for (counter_order, counter_id), (tokens, ids) in sorted(counters.items()):
-                if counter_order == order:
-                    statements.append((_counter_settle(len(ids)), [tokens, *ids, counter_id]))
-                    self.counted.append((tokens, None))
-            period = Period.MONTH if order == 0 else Period.DAY
-            for attempt in unreserved:
-                start = Windows.at(attempt.record.created_at).start(period)
-                statements.append((_COUNTER_ADD_USED, [attempt.config.pk, period.value, start, attempt.total]))
-                self.counted.append((attempt.total, attempt.config))
+        statements.extend(statement for _key, statement, _counted in counters)
+        self.counted: list[tuple[int, ProviderConfig | None]] = [counted for _key, _statement, counted in counters]
         self.configs = configs
         self.counting = range(len(statements) - len(self.counted), len(statements))
         if reserved:
