@@ -477,14 +477,19 @@ class Router:
             )
         if not self.errors:
             if self.over_limit:
+                retry_at = min(refusal.retry_at() for refusal in self.over_limit)
                 resets_at = min(refusal.resets_at for refusal in self.over_limit)
+                when = (
+                    "Calls in flight hold the room; try again in a few seconds."
+                    if any(refusal.in_flight for refusal in self.over_limit)
+                    else f"The earliest limit resets at {_iso(resets_at)}."
+                )
                 return TaskError(
                     429,
                     "token_limit_reached",
                     f"Every provider for the task {label} is over its token limit: "
-                    f"{'; '.join(refusal.message for refusal in self.over_limit)}. "
-                    f"The earliest limit resets at {_iso(resets_at)}.",
-                    headers={"Retry-After": _seconds_until(resets_at)},
+                    f"{'; '.join(refusal.message for refusal in self.over_limit)}. {when}",
+                    headers={"Retry-After": _seconds_until(retry_at)},
                     resets_at=_iso(resets_at),
                 )
             until = min((candidate.cooling_until for candidate in self.cooling), default=None)

@@ -183,19 +183,48 @@ HAND_WRITTEN_SQL_TABLES = {
 _PERIOD_WORDS = {Period.DAY: "daily", Period.MONTH: "monthly"}
 
 
-class LimitExceeded(Exception):
-    """A config has too few tokens left in one of its windows for the call."""
+# How soon a caller refused only because calls in flight hold the room may try again: they settle within seconds.
+IN_FLIGHT_RETRY_SECONDS = 5
 
-    def __init__(self, *, config_id: int, config_name: str, period: str, limit: int, resets_at: datetime):
+
+class LimitExceeded(Exception):
+    """A config has too few tokens left in one of its windows for the call.
+
+    `in_flight`: the tokens used so far would leave room; what is missing is held by calls in flight, which give
+    back what they do not use when they settle (in seconds, not at the end of the window)."""
+
+    def __init__(
+        self,
+        *,
+        config_id: int,
+        config_name: str,
+        period: str,
+        limit: int,
+        resets_at: datetime,
+        in_flight: bool = False,
+    ):
         self.config_id = config_id
         self.period = period
         self.limit = limit
         self.resets_at = resets_at
-        self.message = (
-            f"{config_name} is over its {_PERIOD_WORDS[period]} token limit ({limit:,}); "
-            f"it resets at {resets_at:%Y-%m-%d %H:%M %Z}"
-        )
+        self.in_flight = in_flight
+        if in_flight:
+            self.message = (
+                f"{config_name}'s {_PERIOD_WORDS[period]} token limit ({limit:,}) is held by calls in flight; "
+                f"try again in a few seconds"
+            )
+        else:
+            self.message = (
+                f"{config_name} is over its {_PERIOD_WORDS[period]} token limit ({limit:,}); "
+                f"it resets at {resets_at:%Y-%m-%d %H:%M %Z}"
+            )
         super().__init__(self.message)
+
+    def retry_at(self) -> datetime:
+        """When trying again makes sense: in a few seconds when calls in flight hold the room, else the reset."""
+        if self.in_flight:
+            return timezone.now() + timedelta(seconds=IN_FLIGHT_RETRY_SECONDS)
+        return self.resets_at
 
     def __str__(self) -> str:
         return self.message
@@ -234,13 +263,16 @@ def has_limits(config: ProviderConfig | None) -> bool:
     return config is not None and (config.daily_token_limit is not None or config.monthly_token_limit is not None)
 
 
-def _limit_exceeded(config: ProviderConfig, period: str, limit: int, windows: Windows) -> LimitExceeded:
+def _limit_exceeded(
+    config: ProviderConfig, period: str, limit: int, windows: Windows, *, in_flight: bool = False
+) -> LimitExceeded:
     return LimitExceeded(
         config_id=config.pk,
         config_name=config.display_name,
         period=period,
         limit=limit,
         resets_at=window_resets_at(period, windows.start(period)),
+        in_flight=in_flight,
     )
 
 
@@ -298,10 +330,12 @@ class _Reserving:
         )
 
     def _refusal(self, counters: db.Rows) -> LimitExceeded:
-        standing = {period: used + reserved for period, used, reserved in counters}
+        standing = {period: (used, reserved) for period, used, reserved in counters}
         for period, limit in _limits(self.config):
-            if limit is not None and standing.get(period, 0) + self.tokens > limit:
-                return _limit_exceeded(self.config, period, limit, self.windows)
+            used, reserved = standing.get(period, (0, 0))
+            if limit is not None and used + reserved + self.tokens > limit:
+                in_flight = used + self.tokens <= limit  # what is missing is held by calls in flight
+                return _limit_exceeded(self.config, period, limit, self.windows, in_flight=in_flight)
         raise RuntimeError(f"no reservation made for config {self.config.pk}, yet both windows had room")
 
 

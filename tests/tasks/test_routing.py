@@ -294,6 +294,21 @@ def test_when_every_config_is_over_its_limit_the_answer_is_a_429_with_the_reset(
     assert usage_rows() == []
 
 
+def test_a_limit_held_only_by_calls_in_flight_answers_429_with_a_retry_in_seconds(task_config, auth):
+    from usage.services import IN_FLIGHT_RETRY_SECONDS, tokens_reserve
+
+    config = task_config("openai", daily_token_limit=6_000)
+    tokens_reserve(config=config, tokens=4_000)  # another call in flight holds most of the window
+
+    response = call(EXTRACT, POSTING, headers=auth)
+
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert "held by calls in flight" in error["message"] and "try again in a few seconds" in error["message"]
+    assert 0 < int(response["Retry-After"]) <= IN_FLIGHT_RETRY_SECONDS
+    assert usage_rows() == []
+
+
 def test_limits_are_settled_to_the_actual_usage(task_config, auth):
     from usage.models import TokenCounter
 

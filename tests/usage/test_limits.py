@@ -7,6 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from providers.clients.base import TokenUsage
 from tests.queries import sent_queries
@@ -129,7 +130,7 @@ def test_settled_tokens_free_room_for_the_next_call(provider_config):
 
 def test_a_refusal_says_which_limit_and_when_it_resets(provider_config):
     config = provider_config(display_name="Gemini Fast", daily_token_limit=10_000)
-    tokens_reserve(config=config, tokens=9_000, now=NOON)
+    record(config, tokens_reserve(config=config, tokens=9_000, now=NOON), input_tokens=8_000, output_tokens=1_000)
 
     with pytest.raises(LimitExceeded) as refused:
         tokens_reserve(config=config, tokens=1_001, now=NOON)
@@ -138,7 +139,7 @@ def test_a_refusal_says_which_limit_and_when_it_resets(provider_config):
     assert (error.config_id, error.period, error.limit) == (config.pk, "day", 10_000)
     assert error.resets_at == datetime(2026, 11, 27, tzinfo=UTC)
     assert str(error) == "Gemini Fast is over its daily token limit (10,000); it resets at 2026-11-27 00:00 UTC"
-    assert counter(config, Period.DAY).reserved == 9_000
+    assert counter(config, Period.DAY).used == 9_000
 
 
 def test_a_call_bigger_than_the_limit_is_refused_without_a_query(provider_config):
@@ -378,3 +379,28 @@ def test_the_command_releases_expired_reservations(provider_config, settings):
 
     assert output.getvalue().strip() == "Charged 1 expired token reservation as unsettled."
     assert counter(config, Period.DAY).reserved == 0
+
+
+def test_a_window_full_only_of_calls_in_flight_says_so_and_when_to_try_again(provider_config):
+    config = provider_config(display_name="Tight", daily_token_limit=3_000)
+    tokens_reserve(config=config, tokens=2_165, now=NOON)  # a call in flight; nothing used yet
+
+    with pytest.raises(LimitExceeded) as refused:
+        tokens_reserve(config=config, tokens=1_000, now=NOON)
+
+    assert refused.value.in_flight
+    assert "held by calls in flight" in str(refused.value)
+    assert 0 < (refused.value.retry_at() - timezone.now()).total_seconds() <= services.IN_FLIGHT_RETRY_SECONDS
+
+
+def test_a_window_used_up_says_when_it_resets(provider_config):
+    config = provider_config(display_name="Tight", daily_token_limit=3_000)
+    reservation = tokens_reserve(config=config, tokens=2_500, now=NOON)
+    record(config, reservation, input_tokens=2_000, output_tokens=500, now=NOON)
+
+    with pytest.raises(LimitExceeded) as refused:
+        tokens_reserve(config=config, tokens=1_000, now=NOON)
+
+    assert not refused.value.in_flight
+    assert refused.value.retry_at() == refused.value.resets_at
+    assert "resets at" in str(refused.value)
