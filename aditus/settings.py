@@ -113,6 +113,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 # DATABASE_POOL_SIZE connections, a caller waiting at most DATABASE_POOL_TIMEOUT_SECONDS for one (then 503).
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8, minimum=1)
 DATABASE_POOL_TIMEOUT_SECONDS = env_int("DATABASE_POOL_TIMEOUT_SECONDS", 10, minimum=1)
+# PostgreSQL plans a request-path statement once per connection (runtime.db). Turn off behind a pooler in
+# transaction mode (PgBouncer), which moves a session's prepared statements between connections.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -8,8 +8,8 @@ SQL both databases speak, and handed to `execute`:
   back together, one round trip, and PostgreSQL runs them as one transaction, so the rows they lock stay locked
   only while it runs them, never across a trip back to this process. psycopg's pipeline mode does the same
   with server-side binding and prepared statements, but flushes and polls the socket once per statement: 0.09 ms
-  of CPU per statement against 0.03 in one message here, and a call sends about fifteen
-  (benchmarks/results/ablation.md). The price is that PostgreSQL plans each statement each time;
+  of CPU per statement against 0.03 in one message here, and a call sends about fifteen. Each statement is
+  sent as an EXECUTE of a statement prepared once per connection (see "Statements PostgreSQL plans once");
 - on SQLite, in a thread of `runtime.threads`, on Django's connection of that thread.
 
 `execute_sync` runs the same statements on the calling thread's Django connection, inside the caller's
@@ -29,9 +29,12 @@ that case themselves (`usage.services`: a reservation's id, a recording's receip
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -62,7 +65,16 @@ async def execute(statements: Sequence[Statement], *, atomic: bool = True) -> li
         try:
             async with _connection() as driver:
                 # (Not atomic only says it need not be: one message is the cheapest way on PostgreSQL either way.)
-                return await _in_one_message(driver, statements)
+                try:
+                    return await _in_one_message(driver, statements)
+                except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.FeatureNotSupported) as error:
+                    # A prepared statement the connection lost (DISCARD ALL, DEALLOCATE) or whose plan a migration
+                    # made stale: nothing was done; prepare again, once.
+                    if last_try or not _prepared_statement_lost(error):
+                        raise
+                    _prepared_on.pop(driver, None)
+                    await driver.execute("DEALLOCATE ALL")
+                    return await _in_one_message(driver, statements)
         except psycopg.OperationalError as error:
             if last_try or not _connection_lost(driver_error=error):
                 raise _as_django_error(error) from error
@@ -223,6 +235,8 @@ async def _in_one_message(driver: psycopg.AsyncConnection, statements: Sequence[
     # autocommit mode, so nothing else opens one): they commit together or not at all, and a failed one skips
     # the rest. Client-side binding is what lets a message hold several statements.
     cursor = driver.cursor()
+    if settings.DATABASE_PREPARED_STATEMENTS:
+        statements = await _executes(driver, statements)
     await cursor.execute(";\n".join(cursor.mogrify(sql, params) for sql, params in statements))
     results: list[Rows] = []
     for position in range(len(statements)):
@@ -230,6 +244,79 @@ async def _in_one_message(driver: psycopg.AsyncConnection, statements: Sequence[
             raise RuntimeError("PostgreSQL returned fewer results than statements sent")
         results.append(await cursor.fetchall() if cursor.pgresult.status == _TUPLES_OK else [])
     return results
+
+
+# --- Statements PostgreSQL plans once per connection ---------------------------------------------------------
+#
+# Sent as they are, PostgreSQL would plan each statement every time: at one client about 1 ms of the database's
+# CPU per call (the reservation and the recording: a dozen statements, the rollup upserts forty-odd columns
+# each), on the cores the gateway shares with it. psycopg's own prepared statements need the extended protocol,
+# one statement per round trip, or its pipeline mode, which costs the gateway 0.09 ms of CPU a statement. So a
+# statement is PREPAREd once per connection (in a message of its own, the first time the connection sends it),
+# and then sent as `EXECUTE name(values)`, which still fits a multi-statement message with client-side binding
+# (and is shorter to bind). Behind a pooler in transaction mode (PgBouncer), which moves a session's prepared
+# statements between connections, set DATABASE_PREPARED_STATEMENTS=0.
+
+_PLACEHOLDER = re.compile(r"%%|%s|%\((\w+)\)s")
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    name: str
+    prepare: str  # PREPARE name AS <the statement with $1, $2, ...>
+    execute: str  # EXECUTE name(%s, %s, ...)
+    names: tuple[str, ...] | None  # for %(name)s statements: the names in $-number order
+
+
+_prepared_statements: dict[str, _Prepared] = {}
+_prepared_on: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names prepared on it
+
+
+def _prepared(sql: str) -> _Prepared:
+    found = _prepared_statements.get(sql)
+    if found is not None:
+        return found
+    numbers: dict[str, int] = {}  # parameter name (or position) -> $-number
+
+    def number(match: re.Match) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        key = match.group(1) if match.group(1) is not None else str(len(numbers))
+        numbers.setdefault(key, len(numbers) + 1)
+        return f"${numbers[key]}"
+
+    body = _PLACEHOLDER.sub(number, sql)
+    named = "%(" in sql
+    name = "aditus_" + hashlib.sha256(sql.encode()).hexdigest()[:20]
+    arguments = ", ".join(["%s"] * len(numbers))
+    found = _prepared_statements[sql] = _Prepared(
+        name=name,
+        prepare=f"PREPARE {name} AS {body}",
+        execute=f"EXECUTE {name}({arguments})" if numbers else f"EXECUTE {name}",
+        names=tuple(numbers) if named else None,
+    )
+    return found
+
+
+async def _executes(driver: psycopg.AsyncConnection, statements: Sequence[Statement]) -> list[Statement]:
+    """`statements` as EXECUTEs of statements prepared on `driver`, preparing there first those it lacks."""
+    done = _prepared_on.setdefault(driver, set())
+    prepared = [_prepared(sql) for sql, _params in statements]
+    missing = {statement.name: statement for statement in prepared if statement.name not in done}
+    if missing:
+        for statement in missing.values():
+            # One by one and outside any transaction: a PREPARE is session state, which no rollback undoes.
+            with suppress(psycopg.errors.DuplicatePreparedStatement):  # prepared by a message whose answer was lost
+                await driver.execute(statement.prepare)
+            done.add(statement.name)
+    return [
+        (statement.execute, [params[name] for name in statement.names] if statement.names is not None else params)
+        for statement, (_sql, params) in zip(prepared, statements, strict=True)
+    ]
+
+
+def _prepared_statement_lost(error: psycopg.Error) -> bool:
+    return isinstance(error, psycopg.errors.InvalidSqlStatementName) or "cached plan" in str(error)
 
 
 def _connection_lost(*, driver_error: psycopg.OperationalError) -> bool:

@@ -57,3 +57,22 @@ def test_for_update_is_dropped_on_sqlite_and_kept_on_postgresql():
 
     assert asyncio.run(scenario()) == [[(1,)]]
     assert connection.vendor in ("sqlite", "postgresql")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements: PostgreSQL only")
+def test_a_statement_is_prepared_once_per_connection_and_again_after_the_connection_lost_it(settings):
+    async def scenario():
+        async with db.pooled():
+            first = await db.execute([("SELECT %s::int + 1", [1])])
+            again = await db.execute([("SELECT %s::int + 1", [2])])
+            [[(prepared,)]] = await db.execute([("SELECT count(*) FROM pg_prepared_statements", [])])
+            settings.DATABASE_PREPARED_STATEMENTS = False  # DEALLOCATE cannot itself be prepared
+            await db.execute([("DEALLOCATE ALL", [])])  # as a pooler or an operator might
+            settings.DATABASE_PREPARED_STATEMENTS = True
+            after = await db.execute([("SELECT %s::int + 1", [3])])
+            return first, again, prepared, after
+
+    first, again, prepared, after = asyncio.run(scenario())
+
+    assert (first, again, after) == ([[(2,)]], [[(3,)]], [[(4,)]])
+    assert prepared >= 2  # this statement and the count itself
