@@ -16,8 +16,9 @@ SQL both databases speak, and handed to `execute`:
 transaction if there is one: for commands, the admin and tests.
 
 The differences of dialect live here and nowhere else: on SQLite a `FOR UPDATE` is dropped (a writing
-transaction holds the whole database, settings' "IMMEDIATE" transaction mode takes it at BEGIN), aware datetimes
-are sent as Django stores them, and dates and datetimes come back as text (`as_date`, `as_datetime`).
+transaction holds the whole database, settings' "IMMEDIATE" transaction mode takes it at BEGIN), `CAST(x AS DATE)`
+and `CAST(x AS TIMESTAMPTZ)` become casts to text (as SQLite stores them), aware datetimes are sent as Django
+stores them, and dates and datetimes come back as text (`as_date`, `as_datetime`).
 
 A connection found dead is discarded by the pool and the statements are sent once more on a fresh one (after
 the pool has replaced the idle connections that died with it). They were rolled back with the connection,
@@ -218,7 +219,9 @@ _sqlite_sql: dict[str, str] = {}
 def _for_sqlite(sql: str, params: Any, database) -> tuple[str, Any]:
     text = _sqlite_sql.get(sql)
     if text is None:
-        text = _sqlite_sql[sql] = sql.replace(" FOR UPDATE", "")
+        # SQLite stores dates and times as text; CAST(x AS DATE) would make a number of it.
+        text = sql.replace(" FOR UPDATE", "").replace(" AS DATE)", " AS TEXT)").replace(" AS TIMESTAMPTZ)", " AS TEXT)")
+        _sqlite_sql[sql] = text
     adapt = database.ops.adapt_datetimefield_value
     if isinstance(params, Mapping):
         params = {name: adapt(value) if isinstance(value, datetime) else value for name, value in params.items()}

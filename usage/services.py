@@ -80,12 +80,16 @@ _next_sweep = 0.0  # time.monotonic() after which the next sweep is due
 ATTEMPTS_LINGER = 0.02
 
 # Table names are spelled out so the SQL reads whole; a test checks them against the models' db_table.
+# A parameter in a SELECT list has no type PostgreSQL could infer when it prepares the statement: each is cast
+# (runtime.db writes DATE and TIMESTAMPTZ casts the way SQLite stores them).
 _COUNTERS_CREATE = (
     "INSERT INTO usage_tokencounter (provider_config_id, period, window_start, used, reserved) "
-    "SELECT %(config)s, 'month', %(month_start)s, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM usage_tokencounter "
-    "WHERE provider_config_id = %(config)s AND period = 'month' AND window_start = %(month_start)s) "
-    "UNION ALL SELECT %(config)s, 'day', %(day_start)s, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM usage_tokencounter "
-    "WHERE provider_config_id = %(config)s AND period = 'day' AND window_start = %(day_start)s) "
+    "SELECT CAST(%(config)s AS BIGINT), 'month', CAST(%(month_start)s AS DATE), 0, 0 WHERE NOT EXISTS (SELECT 1 "
+    "FROM usage_tokencounter WHERE provider_config_id = %(config)s AND period = 'month' "
+    "AND window_start = %(month_start)s) "
+    "UNION ALL SELECT CAST(%(config)s AS BIGINT), 'day', CAST(%(day_start)s AS DATE), 0, 0 WHERE NOT EXISTS (SELECT 1 "
+    "FROM usage_tokencounter WHERE provider_config_id = %(config)s AND period = 'day' "
+    "AND window_start = %(day_start)s) "
     "ON CONFLICT DO NOTHING"
 )
 _COUNTERS_LOCK = (
@@ -97,8 +101,10 @@ _COUNTERS_LOCK = (
 _RESERVATION_CREATE = (
     "INSERT INTO usage_tokenreservation (id, provider_config_id, day_counter_id, month_counter_id, tokens, "
     "expires_at, request_id, user_id, task, model, attempt, input_tokens) "
-    "SELECT %(id)s, %(config)s, d.id, m.id, %(tokens)s, %(expires_at)s, %(request_id)s, %(user_id)s, %(task)s, "
-    "%(model)s, %(attempt)s, %(input_tokens)s FROM usage_tokencounter m, usage_tokencounter d "
+    "SELECT CAST(%(id)s AS BIGINT), CAST(%(config)s AS BIGINT), d.id, m.id, CAST(%(tokens)s AS BIGINT), "
+    "CAST(%(expires_at)s AS TIMESTAMPTZ), CAST(%(request_id)s AS TEXT), CAST(%(user_id)s AS BIGINT), "
+    "CAST(%(task)s AS TEXT), CAST(%(model)s AS TEXT), CAST(%(attempt)s AS INTEGER), "
+    "CAST(%(input_tokens)s AS BIGINT) FROM usage_tokencounter m, usage_tokencounter d "
     "WHERE m.provider_config_id = %(config)s AND m.period = 'month' AND m.window_start = %(month_start)s "
     "AND d.provider_config_id = %(config)s AND d.period = 'day' AND d.window_start = %(day_start)s "
     "AND (CAST(%(month_limit)s AS BIGINT) IS NULL OR m.used + m.reserved + %(tokens)s <= %(month_limit)s) "
