@@ -43,6 +43,8 @@ class Batches:
     async def run(self, item: Any, *, patient: bool = False) -> Any:
         """Run `item` in a batch; return its answer, or raise the exception the function gave for it. A
         `patient` item may wait up to `linger` for others to join its batch."""
+        if not patient and not self._draining and not self._waiting:
+            return await self._run_alone(item)
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if not patient or len(self._waiting) >= self.max_items:
@@ -55,6 +57,23 @@ class Batches:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return await future
+
+    async def _run_alone(self, item: Any) -> Any:
+        """Nothing under way and nobody waiting: run `item` in the caller's own task, a batch of one (no task
+        and no future to make, the common case at low load); items that come meanwhile wait for it to end."""
+        self._draining += 1
+        try:
+            [answer] = await self._function([item])
+        finally:
+            self._draining -= 1
+            if self._waiting and self._draining < self.max_in_flight:
+                self._draining += 1
+                task = asyncio.create_task(self._drain())
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     async def _drain(self) -> None:
         # Counted down here, the moment no item is left: the callers of the last batch resume before a done

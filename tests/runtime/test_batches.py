@@ -16,7 +16,7 @@ def seen():
 def stand_in(seen):
     async def function(items):
         seen.append(list(items))
-        await asyncio.sleep(0)  # a trip to the database
+        await asyncio.sleep(0.005)  # a trip to the database
         return [ValueError(f"cannot do {item}") if item == "bad" else item.upper() for item in items]
 
     return function
@@ -68,14 +68,14 @@ def test_a_batch_that_fails_whole_fails_each_of_its_items(seen):
     assert [type(answer) for answer in asyncio.run(main())] == [RuntimeError, RuntimeError]
 
 
-def test_a_big_burst_goes_in_bounded_batches(seen):
+def test_a_big_burst_goes_in_bounded_batches_after_the_first_which_goes_at_once(seen):
     batches = Batches(stand_in(seen), max_in_flight=1, max_items=3)
 
     async def main():
         return await asyncio.gather(*(batches.run(str(number)) for number in range(8)))
 
     assert asyncio.run(main()) == [str(number) for number in range(8)]
-    assert [len(batch) for batch in seen] == [3, 3, 2]
+    assert [len(batch) for batch in seen] == [1, 3, 3, 1]
 
 
 def test_an_item_whose_caller_went_away_before_its_turn_is_not_run(seen):
@@ -173,3 +173,21 @@ def test_each_event_loop_has_its_own_batches(seen):
     other, _ = asyncio.run(twice())
 
     assert first is again and other is not first
+
+
+def test_an_item_alone_runs_in_its_callers_own_task(seen):
+    tasks_seen = []
+
+    async def function(items):
+        tasks_seen.append(asyncio.current_task())
+        return [item.upper() for item in items]
+
+    batches = Batches(function, max_in_flight=1)
+
+    async def main():
+        answer = await batches.run("a")
+        return answer, asyncio.current_task()
+
+    answer, caller = asyncio.run(main())
+
+    assert answer == "A" and tasks_seen == [caller]
