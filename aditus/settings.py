@@ -385,7 +385,7 @@ LOGGING["loggers"] = {
 # --- API docs ---
 # OpenAPI 3.1 schema at /api/schema/ and Swagger UI at /api/docs/ (drf-spectacular), the UI's files served from
 # our static files (drf-spectacular-sidecar), so the docs work without internet and under the admin's CSP.
-# The task endpoints are plain async views that drf-spectacular cannot see: aditus.openapi adds them.
+# The task endpoints are plain async views that drf-spectacular cannot see: tasks.openapi adds them.
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 # Who may read the schema and the docs: signed-in users (admin session or bearer token) unless API_DOCS_PUBLIC.
 # The schema maps the super-admin API and every refusal; its readers all have accounts anyway.
@@ -420,6 +420,7 @@ SPECTACULAR_SETTINGS = {
     ],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks.openapi.add_task_paths",
         "aditus.openapi.add_undiscovered_paths",
     ],
 }

@@ -28,6 +28,8 @@ WRITABLE_FIELDS = [
 class RejectUnknownFieldsMixin:
     """A misspelt field must be an error, not silently ignored (`is_activ: false` would leave it active)."""
 
+    rejects_unknown_fields = True  # aditus.openapi says so in the schema
+
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
         if unknown:

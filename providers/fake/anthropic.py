@@ -20,14 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_limit
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_pieces_for
 from .catalogue import ANTHROPIC_LISTED, ANTHROPIC_MODELS
 from .generation import (
     ANTHROPIC_URL_IMAGE_TOKENS,
     anthropic_image_tokens,
     json_text,
     reply_text,
-    stream_pieces,
     text_tokens,
     truncate,
 )
@@ -321,7 +320,7 @@ async def _stream(
         deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in ["", *_slices(text)]]
     else:
         first = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": piece} for piece in stream_pieces(text, stream_limit(directives))]
+        deltas = [{"type": "text_delta", "text": piece} for piece in stream_pieces_for(text, directives)]
     events = [
         _event("message_start", {"type": "message_start", "message": start}, 1),
         _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": first}, 15),

@@ -18,7 +18,7 @@ wins:
     output=<what>  X-Fake-Output: <what>       invalid | invalid-once: structured output that fails its schema
                                                (anything else, e.g. `valid`, means a valid instance)
     stall=<ms>     X-Fake-Stall-Ms: <ms>       streams: send the first delta, then wait ms before the rest
-    chunks=<n>     X-Fake-Chunks: <n>          streams: split the text into up to n deltas (default 12)
+    chunks=<n>     X-Fake-Chunks: <n>          streams: split the text into n deltas (default: words, at most 12)
 
 `fail` in detail (each in the provider's real body shape; see the provider modules):
     400        the provider's invalid-request error, a context-length refusal: OpenAI 400 invalid_request_error
@@ -185,8 +185,10 @@ async def hold_open() -> None:
     await asyncio.sleep(HOLD_SECONDS)
 
 
-def stream_limit(directives: Directives) -> int:
-    """How many text deltas a stream may have (`chunks`, else the default)."""
-    from providers.fake.generation import MAX_STREAM_DELTAS
+def stream_pieces_for(text: str, directives: Directives) -> list[str]:
+    """A stream's text deltas: exactly `chunks` of them when the directive asks, else word-sized ones."""
+    from providers.fake.generation import stream_pieces
 
-    return directives.chunks or MAX_STREAM_DELTAS
+    if directives.chunks:
+        return stream_pieces(text, directives.chunks, exact=True)
+    return stream_pieces(text)

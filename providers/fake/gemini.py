@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_limit
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_pieces_for
 from .catalogue import GEMINI_MODELS
-from .generation import GEMINI_IMAGE_TOKENS, json_text, reply_text, stream_pieces, text_tokens, truncate
+from .generation import GEMINI_IMAGE_TOKENS, json_text, reply_text, text_tokens, truncate
 from .generation import cached_tokens as cap_cached
 from .schema_instance import instance_from_schema, invalid_instance_from_schema
 from .wire import CLIENT_MAX_SIZE, drop, dumps, open_stream, random_id, read_json, respond, send_half
@@ -278,7 +278,7 @@ async def model_action(request: web.Request) -> web.StreamResponse:
         return respond(dumps(answer, indent=2), content_type=JSON_UTF8)
 
     chunks = []
-    pieces = stream_pieces(text, stream_limit(directives))
+    pieces = stream_pieces_for(text, directives)
     so_far = ""
     for number, piece in enumerate(pieces, 1):
         so_far += piece

@@ -97,15 +97,20 @@ def cached_tokens(requested: int, input_tokens: int) -> int:
     return max(0, min(requested, input_tokens))
 
 
-def stream_pieces(text: str, limit: int = MAX_STREAM_DELTAS) -> list[str]:
-    """Split `text` into word-sized deltas (at most `limit`) that join back to exactly `text`."""
+def stream_pieces(text: str, limit: int = MAX_STREAM_DELTAS, *, exact: bool = False) -> list[str]:
+    """Split `text` into word-sized deltas (at most `limit`) that join back to exactly `text`; with `exact`, into
+    `limit` deltas (pieces of words when the text has fewer words), as the `chunks` directive asks."""
     if not text:
         return [""]
+    if exact and len(text) >= limit:
+        bounds = [round(number * len(text) / limit) for number in range(limit + 1)]
+        return [text[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
     words = re.findall(r"\s*\S+", text)
     tail = text[sum(len(w) for w in words) :]
     if tail:
         words.append(tail)
     if len(words) <= limit:
         return words
-    size = math.ceil(len(words) / limit)
-    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+    # `limit` pieces of as even a number of words as can be
+    bounds = [round(number * len(words) / limit) for number in range(limit + 1)]
+    return ["".join(words[start:end]) for start, end in zip(bounds, bounds[1:], strict=False)]

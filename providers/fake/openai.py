@@ -13,13 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_limit
+from .behaviour import SEEN_ONCE, Directives, KeyCheck, SeenOnce, check_key, hold_open, stream_pieces_for
 from .catalogue import OPENAI_MODELS, OpenAIModel
 from .generation import (
     OPENAI_IMAGE_TOKENS,
     json_text,
     reply_text,
-    stream_pieces,
     text_tokens,
     truncate,
 )
@@ -325,7 +324,7 @@ async def _stream(
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return b"data: " + head + dumps([choice]) + tail
 
-    pieces = stream_pieces(text, stream_limit(directives))
+    pieces = stream_pieces_for(text, directives)
     events = [chunk({"role": "assistant", "content": "", "refusal": None})]
     events += [chunk({"content": piece}) for piece in pieces]
     events.append(chunk({}, finish))

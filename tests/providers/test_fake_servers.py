@@ -1103,3 +1103,19 @@ def test_the_command_refuses_a_non_loopback_host_without_allow_remote():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.5")
+
+
+def test_the_chunks_directive_splits_a_stream_into_that_many_text_deltas(fake_providers):
+    import openai
+
+    client = openai.OpenAI(api_key="sk-test-chunks~chunks=20", base_url=fake_providers.openai_base_url, max_retries=0)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Write a long cover letter for a staff engineer role, please. " * 5}],
+        stream=True,
+        max_tokens=1024,
+    )
+
+    texts = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+
+    assert len(texts) == 20
