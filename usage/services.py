@@ -26,6 +26,7 @@ Commits stay synchronous (durable): the usage rows are the audit of what calls c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -365,10 +366,23 @@ def tokens_reserve(
 async def tokens_reserve_async(
     *, config: ProviderConfig, tokens: int, hold: Hold = Hold(), now: datetime | None = None
 ) -> Reservation | None:
-    """`tokens_reserve` from the event loop (one round trip on PostgreSQL)."""
+    """`tokens_reserve` from the event loop (one round trip on PostgreSQL, shared with the reservations other
+    requests make at the same moment).
+
+    A caller that goes away meanwhile (the client left) gets its cancellation at once, and the reservation, if
+    it is made all the same, is given back: recorded as an aborted attempt of no tokens, instead of being left
+    to expire and be charged as unsettled."""
     if not has_limits(config):
         return None
-    now = now or timezone.now()
+    reserving = asyncio.ensure_future(_reserve(config, tokens, hold, now or timezone.now()))
+    try:
+        return await asyncio.shield(reserving)
+    except asyncio.CancelledError:
+        reserving.add_done_callback(functools.partial(_give_back, config=config, hold=hold))
+        raise
+
+
+async def _reserve(config: ProviderConfig, tokens: int, hold: Hold, now: datetime) -> Reservation:
     _sweep_if_due(now, in_background=True)
     reserving = _Reserving(config, tokens, hold, now)
     try:
@@ -379,6 +393,30 @@ async def tokens_reserve_async(
     # Sent again after the connection was lost while PostgreSQL committed: the first sending reserved.
     [rows] = await db.execute([(_RESERVATION_READ, [reserving.id])])
     return reserving.outcome([[], [], rows, []])
+
+
+_giving_back: set[asyncio.Future] = set()  # the loop holds tasks only weakly
+
+
+def _give_back(reserving: asyncio.Future, *, config: ProviderConfig, hold: Hold) -> None:
+    if reserving.cancelled() or reserving.exception() is not None:
+        return
+    record = attempt_build(
+        request_id=hold.request_id,
+        user_id=hold.user_id,
+        task=hold.task,
+        config=config,
+        provider_type=config.provider_type,
+        model=hold.model or config.model_name,
+        attempt=hold.attempt,
+        outcome=Outcome.ABORTED,
+        usage=None,
+        latency_ms=0,
+        streamed=False,
+    )
+    task = asyncio.ensure_future(shielded(attempt_save_async(Attempt(record, reserving.result(), config))))
+    _giving_back.add(task)
+    task.add_done_callback(_giving_back.discard)
 
 
 # --- Recording -------------------------------------------------------------------------------------------------

@@ -404,3 +404,33 @@ def test_a_window_used_up_says_when_it_resets(provider_config):
     assert not refused.value.in_flight
     assert refused.value.retry_at() == refused.value.resets_at
     assert "resets at" in str(refused.value)
+
+
+@pytest.mark.django_db(transaction=True)  # reserved from the event loop, over connections of its own
+def test_a_reservation_whose_caller_went_away_is_given_back_not_left_to_expire(provider_config):
+    import asyncio
+
+    from runtime import db
+
+    config = provider_config(daily_token_limit=10_000)
+    hold = services.Hold(request_id="req-gone", task="cover_letter", input_tokens=100)
+
+    async def scenario():
+        async with db.pooled():
+            caller = asyncio.ensure_future(services.tokens_reserve_async(config=config, tokens=500, hold=hold))
+            await asyncio.sleep(0)  # the reservation is under way
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            for _ in range(200):  # the reservation is made after all, then given back
+                await asyncio.sleep(0.01)
+                if await asyncio.to_thread(lambda: UsageRecord.objects.filter(request_id="req-gone").exists()):
+                    break
+
+    asyncio.run(scenario())
+
+    assert not TokenReservation.objects.exists()
+    row = UsageRecord.objects.get(request_id="req-gone")
+    assert (row.outcome, row.input_tokens + row.output_tokens) == ("aborted", 0)
+    day = counter(config, Period.DAY)
+    assert (day.used, day.reserved) == (0, 0)
