@@ -78,6 +78,10 @@ def lines_of(path: str, markers: tuple[str, str] | None = None, revision: str | 
     return end - start + 1
 
 
+def verdict(buys: float) -> str:
+    return "stays (buys >= 0.2 ms)" if buys >= 0.2 else "under 0.2 ms: goes, unless a bar needs it"
+
+
 def run(piece: str, extra: list[str], workdir: Path) -> dict:
     output = workdir / f"ablation-{piece or 'baseline'}.md"
     argv = [sys.executable, str(ROOT / "benchmarks" / "gateway.py"), "--output", str(output), *extra]
@@ -122,7 +126,7 @@ def main(argv: list[str]) -> int:
         rows.append(
             f"| {piece} | {what} (`{path}`) | {lines_of(path, markers)} | {baseline['cpu_ms']:.2f} | "
             f"{without['cpu_ms']:.2f} | {buys:+.2f} | {baseline['overhead_p50_ms']:.2f} | "
-            f"{without['overhead_p50_ms']:.2f} | {'stays (buys >= 0.2 ms)' if buys >= 0.2 else 'under 0.2 ms: goes, unless a bar needs it'} |"
+            f"{without['overhead_p50_ms']:.2f} | {verdict(buys)} |"
         )
     before = {path: lines_of(path, revision=BEFORE_REVISION) for path in REQUEST_PATH_BEFORE}
     now = {path: lines_of(path) for path in REQUEST_PATH_NOW}
