@@ -146,7 +146,7 @@ def inline(middleware_class):
 
     For middleware whose `process_request` / `process_response` do no I/O (Django's security, common and
     clickjacking middleware): without this, Django runs each hook through `sync_to_async`, a thread trip each.
-    Used by the task endpoints' stack (settings.TASK_MIDDLEWARE, `aditus.task_handler`).
+    Used by the task endpoints' stack (settings.TASK_MIDDLEWARE, `runtime.asgi`).
     """
 
     class Inline(_BothModes):
