@@ -59,7 +59,6 @@ def vendor() -> str:
 async def execute(statements: Sequence[Statement], *, atomic: bool = True) -> list[Rows]:
     """Run `statements` in order (in one transaction when `atomic`) from the event loop; return each one's rows
     (empty for a statement that returns none). See the module docstring for how."""
-    atomic = atomic and len(statements) > 1  # one statement is a transaction of its own
     if vendor() != "postgresql":
         return await run_in_thread(execute_sync, statements, atomic=atomic)
     for last_try in (False, True):
@@ -140,6 +139,7 @@ def execute_sync(statements: Sequence[Statement], *, atomic: bool = True) -> lis
     database = connections[DEFAULT_DB_ALIAS]
     sqlite = database.vendor == "sqlite"
     results: list[Rows] = []
+    # (one statement is a transaction of its own)
     with transaction.atomic() if atomic and len(statements) > 1 else nullcontext(), database.cursor() as cursor:
         for sql, params in statements:
             if sqlite:

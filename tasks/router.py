@@ -59,6 +59,7 @@ from usage.services import (
     Reservation,
     attempt_build,
     attempt_save_async,
+    has_limits,
     tokens_reserve_async,
 )
 
@@ -91,8 +92,7 @@ class Candidate:
 
     @property
     def has_limits(self) -> bool:
-        config = self.config
-        return config is not None and (config.daily_token_limit is not None or config.monthly_token_limit is not None)
+        return has_limits(self.config)
 
     def api_key(self) -> str:
         if self.config is None:

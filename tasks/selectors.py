@@ -12,15 +12,15 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from providers.clients.base import GenerateRequest
 from providers.models import TASK_FLAGS, ProviderConfig
+from runtime import db
 from usage.models import ProviderCooldown
 
 _random = random.SystemRandom()
@@ -108,20 +108,11 @@ def candidates_from_rows(rows: Iterable[tuple], *, now: datetime | None = None) 
             if values[name] is not None and not isinstance(values[name], Decimal):
                 values[name] = Decimal(str(values[name]))
         config = ProviderConfig.from_db(connection.alias, CANDIDATE_FIELDS, list(values.values()))
-        until = _as_datetime(row[-2])
+        until = db.as_datetime(row[-2])
         candidates.append(
             CandidateConfig(config, until if until is not None and until > now else None, int(row[-1] or 0))
         )
     return candidates
-
-
-def _as_datetime(value) -> datetime | None:
-    """A timestamp column as an aware datetime: PostgreSQL gives one; SQLite a naive one or text, in UTC."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        value = parse_datetime(value)
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def weighted_order(configs: Iterable, rng: random.Random = _random) -> list:
